@@ -1,0 +1,55 @@
+"""What every command line here shares: one-line errors and exit codes (0 ok, 1 data, 2 usage)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from dataprep.schema import DataError, UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, low, *, strict: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (strict and value == low):
+            bound = f"> {low}" if strict else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, strict=False)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0.0, strict=True)
+non_negative_float = _number(float, 0.0, strict=False)
+
+
+def run_main(main: Callable[[list[str] | None], int], prog: str, argv=None) -> int:
+    """Run `main`, turning the project's errors into one line and an exit code, never a traceback."""
+    try:
+        return main(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; outputs left as they were before this run", file=sys.stderr)
+        return 130
+    except OSError as e:  # unwritable folder, full disk: name the file, no traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{prog}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
