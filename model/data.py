@@ -1,0 +1,95 @@
+"""Processed parquet -> tensors (once), and the seeded length-bucketed batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from dataprep.paths import Paths
+from dataprep.schema import DataError
+from dataprep.vocab import file_sha256
+
+
+@dataclass
+class EncodedSplit:
+    tokens: torch.Tensor   # (rows, max_len) int64, padded with 0
+    lengths: torch.Tensor  # (rows,) int64
+    labels: torch.Tensor   # (rows,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> "EncodedSplit":
+        n = min(n, len(self))
+        width = max(1, int(self.lengths[:n].max())) if n else 1
+        return EncodedSplit(self.tokens[:n, :width], self.lengths[:n], self.labels[:n])
+
+    def batch(self, idx: torch.Tensor):
+        lengths = self.lengths[idx]
+        width = max(1, int(lengths.max()))
+        return self.tokens[idx, :width], lengths, self.labels[idx]
+
+    @classmethod
+    def from_ids(cls, ids: list[list[int]], labels) -> "EncodedSplit":
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        tokens = np.zeros((len(ids), max(1, int(lengths.max(initial=1)))), dtype=np.int64)
+        for row, x in enumerate(ids):
+            tokens[row, : len(x)] = x
+        return cls(torch.from_numpy(tokens), torch.from_numpy(lengths),
+                   torch.from_numpy(np.array(labels, dtype=np.int64)))
+
+
+@dataclass
+class Splits:
+    """What training needs, small enough to ship once through Ray's object store."""
+    train: EncodedSplit
+    val: EncodedSplit
+    vocab_size: int
+    vocab_sha256: str
+    test: EncodedSplit | None = None
+
+    def head(self, n_train: int, n_val: int) -> "Splits":
+        return Splits(self.train.head(n_train), self.val.head(n_val), self.vocab_size,
+                      self.vocab_sha256, self.test)
+
+
+def read_split(path) -> EncodedSplit:
+    table = pq.read_table(path, columns=["input_ids", "label"])
+    return EncodedSplit.from_ids(table.column("input_ids").to_pylist(),
+                                 table.column("label").to_numpy())
+
+
+def load_processed(p: Paths, *, with_test: bool = False) -> Splits:
+    """Train and validation (the test split only when asked: the search never reads it)."""
+    needed = [p.processed_split("train"), p.processed_split("val"), p.vocab]
+    if with_test:
+        needed.append(p.processed_split("test"))
+    missing = [str(f) for f in needed if not f.is_file()]
+    if missing:
+        raise DataError(f"no processed data ({', '.join(missing)} missing): run "
+                        f"`python -m dataprep --source DIR` (or `make data`) first")
+    import json
+
+    vocab_size = json.loads(p.vocab.read_text())["size"]
+    return Splits(read_split(needed[0]), read_split(needed[1]), vocab_size, file_sha256(p.vocab),
+                  read_split(p.processed_split("test")) if with_test else None)
+
+
+def bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Batches of similar lengths in a shuffled order.
+
+    Sort by length with random tie-breaks, cut into `batch_size` chunks (so most batches hold
+    one length and need no padding), then shuffle the order of the chunks.
+    """
+    n = len(lengths)
+    tie_break = torch.randperm(n, generator=generator)
+    order = torch.argsort(lengths * n + tie_break)
+    chunks = list(torch.split(order, batch_size))
+    return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+
+
+def eval_batches(lengths: torch.Tensor, batch_size: int):
+    """Fixed order for evaluation: by length, large batches, no shuffling."""
+    return list(torch.split(torch.argsort(lengths, stable=True), batch_size))
