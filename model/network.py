@@ -50,7 +50,8 @@ class EmotionClassifier(nn.Module):
             return h_n[-1]
         if uniform:
             return out.mean(1) if self.pooling == "mean" else out.amax(1)
-        mask = (torch.arange(out.shape[1]) < lengths[:, None]).unsqueeze(-1)
+        lengths = lengths.to(out.device)
+        mask = (torch.arange(out.shape[1], device=out.device) < lengths[:, None]).unsqueeze(-1)
         if self.pooling == "mean":
             return (out * mask).sum(1) / lengths[:, None].to(out.dtype)
         return out.masked_fill(~mask, float("-inf")).amax(1)

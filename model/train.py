@@ -52,6 +52,7 @@ DEFAULTS = {
     "label_smoothing": 0.0,
     "patience": 3,           # epochs without a better val macro-F1 before stopping; 0 = never
     "eval_batch_size": 1024,
+    "device": "cpu",         # "cuda" for a GPU trial (the search sets it from --gpus-per-trial)
 }
 
 
@@ -81,6 +82,7 @@ _RULES = {
     "label_smoothing": ((int, float), *_between(0.0, 0.5)),
     "patience": ((int,), *_between(0, 10_000)),
     "eval_batch_size": ((int,), *_between(1, 1_000_000)),
+    "device": ((str,), lambda v: v in ("cpu", "cuda") or v.startswith("cuda:"), "cpu or cuda[:N]"),
 }
 
 
@@ -138,10 +140,11 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = 1024,
     """Loss, accuracy and macro-F1 (scikit-learn) over a split, plus the logits in row order."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     logits = torch.empty(len(split), 6)
     for idx in eval_batches(split.lengths, batch_size):
         tokens, lengths, _ = split.batch(idx)
-        logits[idx] = model(tokens, lengths)
+        logits[idx] = model(tokens.to(device), lengths).float().cpu()
     model.train(was_training)
     loss = nn.functional.cross_entropy(logits, split.labels, label_smoothing=label_smoothing).item()
     pred = logits.argmax(1).numpy()
@@ -165,7 +168,8 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
     cfg = make_config(config)
     torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
-    model = build_model(cfg, splits.vocab_size)
+    device = torch.device(cfg["device"])
+    model = build_model(cfg, splits.vocab_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(splits.train) / cfg["batch_size"])
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
@@ -174,7 +178,7 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
     first_epoch = 1
     if resume is not None:
         check_checkpoint(resume, splits.vocab_sha256, cfg)
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume["model"])  # (optimizer state follows the params' device)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng_state"])
@@ -189,6 +193,8 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
         lr = optimizer.param_groups[0]["lr"]
         for idx in bucketed_batches(splits.train.lengths, cfg["batch_size"], gen):
             tokens, lengths, labels = splits.train.batch(idx)
+            if device.type != "cpu":
+                tokens, labels = tokens.to(device, non_blocking=True), labels.to(device)
             loss = loss_fn(model(tokens, lengths), labels)
             value = loss.item()
             if not math.isfinite(value):

@@ -1,0 +1,1 @@
+"""Everything Ray: the trainable, the search, the final evaluation."""

@@ -1,0 +1,140 @@
+"""The search space, in one place.
+
+Each entry is a plain spec, `{kind: args}`, turned into a Ray Tune distribution by `to_tune`:
+  loguniform: [low, high]   learning rates and weight decay (scale-free)
+  uniform:    [low, high]   dropouts
+  int:        [low, high]   integers, both ends included
+  choice:     [v1, v2, ...] categorical
+  a bare value              fixed (not searched)
+A `--space FILE.yaml|json` maps some of these keys to new specs; every other key keeps its range.
+Keys are `model.train` config keys; bounds and values are checked by the same rules.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ray import tune
+
+from dataprep.schema import UsageError
+from model.train import DEFAULTS, make_config
+
+SPACE = {
+    "rnn": "lstm",                               # GRU is selectable: {choice: [lstm, gru]}
+    "embedding_dim": {"choice": [64, 128, 200, 300]},
+    "hidden_size": {"choice": [64, 128, 192, 256]},
+    "num_layers": {"int": [1, 2]},
+    "bidirectional": {"choice": [True, False]},
+    "pooling": {"choice": ["max", "mean", "last"]},
+    "embedding_dropout": {"uniform": [0.0, 0.4]},
+    "rnn_dropout": {"uniform": [0.0, 0.5]},      # only acts when num_layers > 1
+    "dropout": {"uniform": [0.1, 0.6]},
+    "lr": {"loguniform": [5e-4, 1e-2]},
+    "weight_decay": {"loguniform": [1e-6, 1e-2]},
+    "batch_size": {"choice": [32, 64, 128]},
+}
+# Set by the search itself, never searched: seed, threads and epochs come from its flags.
+NOT_SEARCHABLE = {"seed", "threads", "epochs", "device"}
+KINDS = ("loguniform", "uniform", "int", "choice")
+
+
+def _check_value(key: str, value, where: str) -> None:
+    try:
+        make_config({key: value})
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def validate(space: dict, where: str = "search space") -> dict:
+    for key, spec in space.items():
+        if key not in DEFAULTS or key in NOT_SEARCHABLE:
+            known = sorted(set(DEFAULTS) - NOT_SEARCHABLE)
+            raise UsageError(f"{where}: unknown or fixed key {key!r} (searchable: {', '.join(known)})")
+        if not isinstance(spec, dict):
+            _check_value(key, spec, where)
+            continue
+        if len(spec) != 1 or next(iter(spec)) not in KINDS:
+            raise UsageError(f"{where}: {key}: expected one of {{{', '.join(KINDS)}: ...}} or a value")
+        kind, args = next(iter(spec.items()))
+        if kind == "choice":
+            if not isinstance(args, list) or not args:
+                raise UsageError(f"{where}: {key}: choice needs a non-empty list")
+            for v in args:
+                _check_value(key, v, where)
+            continue
+        if not isinstance(args, list) or len(args) != 2:
+            raise UsageError(f"{where}: {key}: {kind} needs [low, high]")
+        low, high = args
+        if kind == "int" and not all(isinstance(v, int) and not isinstance(v, bool) for v in args):
+            raise UsageError(f"{where}: {key}: int bounds must be integers, got {args}")
+        for v in args:
+            _check_value(key, v, where)
+        if not low < high:
+            raise UsageError(f"{where}: {key}: {kind} needs low < high, got {args}")
+        if kind == "loguniform" and low <= 0:
+            raise UsageError(f"{where}: {key}: loguniform needs low > 0, got {args}")
+    return space
+
+
+def load_space(path: str | None) -> dict:
+    """SPACE, with the ranges of a YAML/JSON file laid over it."""
+    space = dict(SPACE)
+    if path is None:
+        return space
+    if not path.endswith((".yaml", ".yml", ".json")):
+        raise UsageError(f"--space {path}: expected a .yaml, .yml or .json file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--space {path}: cannot read ({e})") from None
+    try:
+        if path.endswith(".json"):
+            overrides = json.loads(text)
+        else:
+            import yaml
+
+            overrides = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
+        raise UsageError(f"--space {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    if not isinstance(overrides, dict):
+        raise UsageError(f"--space {path}: expected a mapping of config keys to ranges")
+    space.update(validate(overrides, f"--space {path}"))
+    return space
+
+
+def to_tune(space: dict) -> dict:
+    out = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict):
+            out[key] = spec
+            continue
+        kind, args = next(iter(spec.items()))
+        out[key] = {
+            "loguniform": lambda a: tune.loguniform(*a),
+            "uniform": lambda a: tune.uniform(*a),
+            "int": lambda a: tune.randint(a[0], a[1] + 1),  # tune.randint excludes the upper end
+            "choice": lambda a: tune.choice(list(a)),
+        }[kind](args)
+    return out
+
+
+def contains(space: dict, point: dict) -> bool:
+    """Whether a known-good point lies inside the (possibly overridden) space."""
+    for key, value in point.items():
+        spec = space.get(key)
+        if not isinstance(spec, dict):
+            if spec != value:
+                return False
+            continue
+        kind, args = next(iter(spec.items()))
+        if kind == "choice" and value not in args:
+            return False
+        if kind != "choice" and not args[0] <= value <= args[1]:
+            return False
+    return True
+
+
+def known_good_points(space: dict) -> list[dict]:
+    """Where the searcher starts (`points_to_evaluate`): the model's default BiLSTM."""
+    point = {k: DEFAULTS[k] for k, spec in space.items() if isinstance(spec, dict)}
+    return [point] if contains(space, point) else []
