@@ -1,0 +1,42 @@
+# The pipeline's DAG: install -> data -> search -> evaluate. `make all` runs it end to end.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# The CPU build of torch (a wheel on disk on these machines). On a CUDA machine: make install TORCH=torch
+TORCH   ?= torch==2.13.0
+SAMPLES ?= 50
+SEARCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: all install data search evaluate test lint bench clean
+
+all: evaluate
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	$(PY) -m dataprep
+
+search: data
+	$(PY) -m tuning.search --samples $(SAMPLES) $(SEARCH_ARGS)
+
+evaluate: search
+	$(PY) -m tuning.evaluate_best
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check dataprep model tuning tests benchmarks
+
+bench: data
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf data/processed artifacts ray_results

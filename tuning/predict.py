@@ -1,0 +1,71 @@
+"""python -m tuning.predict "text" ... (or one text per line on stdin): label and probabilities.
+
+Uses the model that evaluate_best wrote to artifacts/best/.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from dataprep.cli import ArgumentParser, run_main
+from dataprep.paths import paths
+from dataprep.schema import LABELS, DataError
+from dataprep.vocab import Vocab
+from model.data import EncodedSplit
+from model.train import CheckpointError, load_checkpoint, model_from_checkpoint
+
+PROG = "python -m tuning.predict"
+
+
+class Predictor:
+    def __init__(self, model_file: Path):
+        if not model_file.is_file():
+            raise DataError(f"{model_file}: no model; run `python -m tuning.evaluate_best` first")
+        state = load_checkpoint(model_file)  # weights_only=True
+        try:
+            self.vocab = Vocab(state["vocab"])
+            self.model = model_from_checkpoint(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{model_file}: not a usable model ({type(e).__name__})") from None
+        torch.set_num_threads(1)
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        batch = EncodedSplit.from_ids([self.vocab.encode(t) for t in texts], [0] * len(texts))
+        return torch.softmax(self.model(batch.tokens, batch.lengths), dim=1)
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("texts", nargs="*", help="texts to classify (default: lines on stdin)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per text")
+    ap.add_argument("--model", metavar="FILE", help="default: artifacts/best/model.pt")
+    args = ap.parse_args(argv)
+    texts = args.texts if args.texts else sys.stdin.read().splitlines()
+    predictor = Predictor(Path(args.model) if args.model else paths().best / "model.pt")
+    kept = []
+    for n, text in enumerate(texts, 1):
+        if text.strip() and predictor.vocab.encode(text):
+            kept.append(text)
+        else:
+            print(f"{PROG}: text {n} is empty: no prediction", file=sys.stderr)
+    if not kept:
+        print(f"{PROG}: error: no non-empty text to classify", file=sys.stderr)
+        return 1
+    probs = predictor.probabilities(kept)
+    for text, p in zip(kept, probs.tolist()):
+        label = LABELS[max(range(len(p)), key=p.__getitem__)]
+        if args.json:
+            print(json.dumps({"text": text, "label": label,
+                              "probabilities": dict(zip(LABELS, (round(x, 6) for x in p)))}))
+        else:
+            shown = " ".join(f"{name}={x:.3f}" for name, x in zip(LABELS, p))
+            print(f"{label:<9} {shown}  {text if len(text) <= 60 else text[:57] + '...'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, PROG))
