@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: all install data search evaluate test lint bench clean
 
-all: evaluate
+all: data search evaluate  # in this order (no -j)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ data: install
 search: data
 	$(PY) -m tuning.search --samples $(SAMPLES) $(SEARCH_ARGS)
 
-evaluate: search
+evaluate: install
 	$(PY) -m tuning.evaluate_best
 
 test: install

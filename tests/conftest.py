@@ -1,0 +1,52 @@
+"""Shared fixtures: a temporary project root per test, the real data, and one prepared root."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    """The real dair-ai/emotion files: $EMOTION_DATA_DIR, else ../shared/data/emotion.
+
+    Tests that need them fail (not skip) without them: CI always has them.
+    """
+    env = os.environ.get("EMOTION_DATA_DIR")
+    folder = Path(env) if env else REPO.parent / "shared" / "data" / "emotion"
+    assert (folder / "train.txt").is_file(), f"real data not found in {folder} (set EMOTION_DATA_DIR)"
+    return folder.resolve()
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """An empty project root for this test (EMOTION_ROOT), with no data source configured."""
+    monkeypatch.setenv("EMOTION_ROOT", str(tmp_path))
+    monkeypatch.delenv("EMOTION_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")        # the hub path must fail fast, not hang
+    monkeypatch.setenv("HF_HOME", str(tmp_path / ".hf"))
+    return tmp_path
+
+
+def run_cli(module: str, *args: str, root: Path, env: dict | None = None, input: str | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, in a given project root."""
+    full_env = {k: v for k, v in os.environ.items() if k != "EMOTION_DATA_DIR"}
+    full_env.update(EMOTION_ROOT=str(root), HF_HUB_OFFLINE="1", HF_HOME=str(root / ".hf"),
+                    RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=root, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="session")
+def prepared_root(tmp_path_factory) -> Path:
+    """A project root with the real data prepared once (data/processed + artifacts/vocab.json)."""
+    root = tmp_path_factory.mktemp("prepared")
+    proc = run_cli("dataprep", "--source", str(real_data_dir()), root=root)
+    assert proc.returncode == 0, proc.stderr
+    return root
