@@ -1,0 +1,201 @@
+"""model: the network, the seeded loop, checkpoints and the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dataprep.paths import paths
+from model.data import EncodedSplit, Splits, bucketed_batches, load_processed
+from model.network import EmotionClassifier
+from model.train import (check_checkpoint, fit, load_checkpoint, make_config,
+                         model_from_checkpoint, save_checkpoint)
+from tests.conftest import run_cli
+
+TIMING = {"sentences_per_s", "epoch_s"}
+SMALL = {"embedding_dim": 32, "hidden_size": 32, "batch_size": 32, "eval_batch_size": 256}
+
+
+@pytest.fixture(scope="module")
+def real_small(prepared_root) -> Splits:
+    """The first 1,500 train and 400 validation rows of the real data."""
+    return load_processed(paths(prepared_root)).head(1500, 400)
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+# ---- network ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_logit_shapes_and_padding_never_changes_logits(rnn, pooling, bidirectional):
+    torch.manual_seed(0)
+    net = EmotionClassifier(50, embedding_dim=8, hidden_size=12, num_layers=2, rnn=rnn,
+                            pooling=pooling, bidirectional=bidirectional).eval()
+    tokens = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [3, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 5, 1])
+    logits = net(tokens, lengths)
+    assert logits.shape == (3, 6)
+    # the same sentences with extra padding columns, and each sentence alone: identical logits
+    padded = torch.cat([tokens, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(net(padded, lengths), logits, rtol=0, atol=1e-6)
+    for i in range(3):
+        alone = net(tokens[i:i + 1, : lengths[i]], lengths[i:i + 1])
+        torch.testing.assert_close(alone, logits[i:i + 1], rtol=0, atol=1e-6)
+
+
+def test_a_tiny_batch_is_learned_to_100_percent():
+    torch.manual_seed(0)
+    split = EncodedSplit.from_ids([[2, 3], [4, 5, 6], [7], [8, 9, 2, 3], [5, 5], [9, 8, 7]],
+                                  [0, 1, 2, 3, 4, 5])
+    net = EmotionClassifier(12, embedding_dim=16, hidden_size=16, dropout=0.0, embedding_dropout=0)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(net(split.tokens, split.lengths), split.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    assert (net(split.tokens, split.lengths).argmax(1) == split.labels).all()
+
+
+def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
+    lengths = torch.randint(1, 40, (16000,))
+    gen = torch.Generator().manual_seed(3)
+    batches = bucketed_batches(lengths, 64, gen)
+    rows = torch.cat(batches).sort().values
+    assert torch.equal(rows, torch.arange(16000))
+    padding = sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches)
+    assert padding / int(lengths.sum()) < 0.02  # random batches of 64 would pad about 90 %
+    again = bucketed_batches(lengths, 64, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+def test_same_config_and_seed_give_identical_metrics(real_small):
+    cfg = {**SMALL, "epochs": 3, "seed": 7}
+    first = [without_timing(e.metrics) for e in fit(cfg, real_small)]
+    second = [without_timing(e.metrics) for e in fit(cfg, real_small)]
+    assert first == second
+    assert len(first) == 3
+    other_seed = [without_timing(e.metrics) for e in fit({**cfg, "seed": 8}, real_small)]
+    assert other_seed != first
+
+
+def test_training_learns_on_real_data(prepared_root):
+    splits = load_processed(paths(prepared_root)).head(4000, 400)
+    epochs = list(fit({**SMALL, "epochs": 5, "lr": 1e-2}, splits))
+    assert epochs[-1].metrics["train_loss"] < epochs[0].metrics["train_loss"] / 2
+    assert epochs[-1].metrics["val_acc"] > 0.7  # the majority class gets 0.35
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(real_small, tmp_path):
+    cfg = {**SMALL, "epochs": 4, "seed": 3, "dropout": 0.5, "warmup_epochs": 0.5}
+    full = [without_timing(e.metrics) for e in fit(cfg, real_small)]
+    for epoch in fit(cfg, real_small):
+        if epoch.epoch == 2:
+            save_checkpoint(epoch.checkpoint(), tmp_path / "ckpt.pt")
+            break
+    resumed = [without_timing(e.metrics)
+               for e in fit(cfg, real_small, resume=load_checkpoint(tmp_path / "ckpt.pt"))]
+    assert [m["epoch"] for m in resumed] == [3, 4]
+    assert resumed == full[2:]
+
+
+def test_checkpoint_round_trip_with_weights_only(real_small, tmp_path):
+    epoch = next(iter(fit({**SMALL, "epochs": 2}, real_small)))
+    state = epoch.checkpoint()
+    save_checkpoint(state, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert loaded["epoch"] == 1 and loaded["config"] == make_config({**SMALL, "epochs": 2})
+    assert loaded["vocab_sha256"] == real_small.vocab_sha256
+    model = model_from_checkpoint(loaded)
+    original = model_from_checkpoint(state)
+    x = real_small.val.head(50)
+    torch.testing.assert_close(model(x.tokens, x.lengths), original(x.tokens, x.lengths))
+    with pytest.raises(Exception, match="another vocab"):
+        check_checkpoint(loaded, "0" * 64)
+
+
+def test_truncated_or_tampered_checkpoint_is_refused(real_small, tmp_path):
+    state = next(iter(fit({**SMALL, "epochs": 1}, real_small))).checkpoint()
+    save_checkpoint(state, tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": 1, "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(real_small):
+    # a learning rate of ~0 leaves val macro-F1 unchanged: no epoch after the first improves
+    epochs = list(fit({**SMALL, "epochs": 10, "lr": 1e-12, "patience": 2}, real_small))
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert epochs[-1].status == "early_stopped" and epochs[-1].stop
+    assert [e.improved for e in epochs] == [True, False, False]
+
+
+def test_lr_follows_warmup_then_cosine_over_the_max_epochs(real_small):
+    cfg = {**SMALL, "epochs": 4, "lr": 1e-3, "warmup_epochs": 1.0}
+    lrs = [e.metrics["lr"] for e in fit(cfg, real_small)]  # the lr at each epoch's start
+    assert lrs[0] == pytest.approx(1e-6)          # warm-up starts at 1e-3 of the peak
+    steps = math.ceil(1500 / 32)
+    cosine = [1e-3 * (1 + math.cos(math.pi * (e * steps - steps) / (3 * steps))) / 2
+              for e in (1, 2, 3)]
+    assert lrs[1:] == pytest.approx(cosine, rel=1e-6)
+
+
+def test_non_finite_loss_stops_cleanly_with_a_status(real_small, monkeypatch):
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
+                        lambda self, x, y: (x.sum() * float("nan")))
+    epochs = list(fit({**SMALL, "epochs": 3}, real_small))
+    assert len(epochs) == 1 and epochs[0].status == "nan" and epochs[0].stop
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+def test_cli_trains_reproducibly_and_prints_json_last(prepared_root, tmp_path):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"embedding_dim": 16, "hidden_size": 16, "batch_size": 256}))
+    outs = [run_cli("model.train", "--config", str(cfg), "--epochs", "1", "--seed", "1",
+                    root=prepared_root) for _ in range(2)]
+    for proc in outs:
+        assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.stdout.strip().splitlines()[-1]) for p in outs]
+    assert results[0] == results[1]
+    assert {"best_val_f1", "best_val_acc", "best_epoch", "epochs_run", "checkpoint"} <= set(results[0])
+    ckpt = load_checkpoint(prepared_root / results[0]["checkpoint"])
+    assert ckpt["config"]["seed"] == 1 and ckpt["config"]["hidden_size"] == 16
+    log = (prepared_root / results[0]["checkpoint"]).parent / "log.csv"
+    assert log.read_text().splitlines()[0].startswith("epoch,train_loss,val_loss,val_acc,val_f1")
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"hiden_size": 8}, "'hiden_size'"), ({"pooling": "attention"}, "'pooling'"),
+    ({"lr": -1}, "'lr'"), ({"bidirectional": "yes"}, "'bidirectional'")])
+def test_cli_config_errors_exit_2_naming_the_key(prepared_root, tmp_path, config, needle):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(config))
+    proc = run_cli("model.train", "--config", str(cfg), root=prepared_root)
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_without_processed_data_says_run_dataprep(root):
+    proc = run_cli("model.train", "--epochs", "1", root=root)
+    assert proc.returncode == 1 and "python -m dataprep" in proc.stderr
+    proc = run_cli("model.train", "--epochs", "0", root=root)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr
