@@ -50,3 +50,32 @@ def prepared_root(tmp_path_factory) -> Path:
     proc = run_cli("dataprep", "--source", str(real_data_dir()), root=root)
     assert proc.returncode == 0, proc.stderr
     return root
+
+
+SEARCH_SMALL = ["--subset", "1500", "--no-dashboard", "--cpus-per-trial", "1"]
+
+
+def search_root(prepared_root: Path, dest: Path, *, with_test: bool) -> Path:
+    """A project root holding the prepared train/val splits and vocab (and test only if asked)."""
+    import shutil
+
+    for rel in ["data/processed/train.parquet", "data/processed/val.parquet",
+                "data/processed/manifest.json", "artifacts/vocab.json"] + (
+            ["data/processed/test.parquet"] if with_test else []):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(prepared_root / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
+    """A real 4-trial search on a subset, run in a root with no test split (the search must not
+    need it); the test split is copied in afterwards for evaluate_best. Returns the root."""
+    root = search_root(prepared_root, tmp_path_factory.mktemp("tiny"), with_test=False)
+    proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
+                   "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL, root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import shutil
+
+    shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")
+    return root

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from model.data import Splits
@@ -49,12 +50,13 @@ def train_trial(config: dict, splits: Splits) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
     fault_epoch = int(os.environ.get(FAULT_EPOCH_ENV, "0")) if resume is None else 0
     for epoch in fit(cfg, splits, resume=resume):
         if epoch.status == "nan":
             raise TrialDiverged(f"non-finite training loss in epoch {epoch.epoch} (lr {cfg['lr']:.3g})")
         # every epoch reports val_f1 (never a stale value): ASHA and Optuna act on the last report
-        metrics = {**epoch.metrics, "seed": cfg["seed"], "status": epoch.status}
+        metrics = {**epoch.metrics, "seed": cfg["seed"], "status": epoch.status, "node_id": node}
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(epoch.checkpoint(), Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

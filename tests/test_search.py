@@ -1,0 +1,193 @@
+"""tuning.search on real Ray: outputs, ASHA, kill -9 + resume, retries, a two-node cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from dataprep.schema import UsageError
+from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tuning import space as space_mod
+
+slow = pytest.mark.slow
+
+
+def trials_csv(root, name) -> pd.DataFrame:
+    return pd.read_csv(root / "artifacts" / "search" / name / "trials.csv")
+
+
+# ---- the search space and flags (no Ray) ------------------------------------------------------
+
+def test_space_file_overrides_ranges_and_keeps_the_rest(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text(yaml.safe_dump({"lr": {"loguniform": [1e-4, 1e-3]}, "rnn": {"choice": ["gru"]},
+                                 "hidden_size": 64}))
+    space = space_mod.load_space(str(f))
+    assert space["lr"] == {"loguniform": [1e-4, 1e-3]} and space["hidden_size"] == 64
+    assert space["dropout"] == space_mod.SPACE["dropout"]
+    # the default BiLSTM is outside this space (hidden 64, GRU): no starting point
+    assert space_mod.known_good_points(space) == []
+    assert space_mod.known_good_points(space_mod.SPACE)[0]["hidden_size"] == 128
+    tune_space = space_mod.to_tune(space)
+    assert tune_space["hidden_size"] == 64 and tune_space["lr"].lower == 1e-4
+
+
+@pytest.mark.parametrize("content,needle", [
+    ({"hiden_size": {"choice": [64]}}, "'hiden_size'"),
+    ({"seed": {"int": [0, 5]}}, "'seed'"),
+    ({"lr": {"loguniform": [1e-2, 1e-3]}}, "low < high"),
+    ({"lr": {"loguniform": [0, 1e-3]}}, "'lr'"),
+    ({"dropout": {"uniform": [0.1]}}, "[low, high]"),
+    ({"pooling": {"choice": ["max", "attention"]}}, "'pooling'"),
+    ({"num_layers": {"int": [1, 2.5]}}, "integers"),
+    ({"batch_size": {"gaussian": [1, 2]}}, "expected one of"),
+])
+def test_bad_space_files_are_usage_errors(tmp_path, content, needle):
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps(content))
+    with pytest.raises(UsageError, match=needle.replace("[", r"\[")):
+        space_mod.load_space(str(f))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--samples", "0"], "--samples"), (["--max-epochs", "0"], "--max-epochs"),
+    (["--cpus-per-trial", "-1"], "--cpus-per-trial"), (["--gpus-per-trial", "-0.5"], "--gpus"),
+    (["--reduction-factor", "1"], "--reduction-factor"),
+    (["--grace-period", "5", "--max-epochs", "3"], "--grace-period"),
+    (["--time-budget-s", "0"], "--time-budget-s"), (["--name", "a/b"], "--name"),
+    (["--space", "nope.txt"], "--space")])
+def test_bad_flags_exit_2_with_one_line(root, args, needle):
+    proc = run_cli("tuning.search", *args, root=root)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_without_processed_data_the_search_says_run_dataprep(root):
+    proc = run_cli("tuning.search", "--samples", "1", "--no-dashboard", root=root)
+    assert proc.returncode == 1
+    assert "python -m dataprep" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- real searches ----------------------------------------------------------------------------
+
+@slow
+def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
+    root = tiny_experiment
+    table = trials_csv(root, "tiny")
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
+    # ASHA (grace 1, reduction 2) stopped at least one trial before the max of 3 epochs
+    assert (table["status"] == "asha_stopped").any() and (table["epochs_run"] < 3).any()
+    for col in ["embedding_dim", "hidden_size", "lr", "batch_size", "best_val_f1", "last_val_f1",
+                "epochs_run", "time_s", "seed"]:
+        assert table[col].notna().all(), col
+    # the known-good default BiLSTM (points_to_evaluate) is among the trials, exactly
+    default = (table["hidden_size"] == 128) & (table["embedding_dim"] == 128) & \
+        (table["pooling"] == "max") & (table["lr"] == 0.003) & (table["dropout"] == 0.3)
+    assert default.sum() == 1
+    best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
+    assert best["val_f1"] == pytest.approx(table["best_val_f1"].max())
+    exp = root / "ray_results" / "tiny"
+    trial_dirs = sorted(exp.glob("trial_*"))
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        progress = pd.read_csv(d / "progress.csv")
+        # val_f1 reported every epoch, epochs 1..n in order
+        assert progress["epoch"].tolist() == list(range(1, len(progress) + 1))
+        assert progress["val_f1"].notna().all()
+        assert list(d.glob("events.out.tfevents.*")), "TensorBoard events per trial"
+        # at most the best and the latest checkpoint are kept
+        assert 1 <= len(list(d.glob("checkpoint_*"))) <= 2
+
+
+@slow
+def test_a_second_search_with_the_same_name_is_refused(tiny_experiment):
+    proc = run_cli("tuning.search", "--samples", "1", "--name", "tiny", *SEARCH_SMALL,
+                   root=tiny_experiment)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+@slow
+def test_a_trial_that_crashes_is_retried_from_its_checkpoint(prepared_root, tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period", "2",
+                   "--name", "flaky", *SEARCH_SMALL, root=root, env={"EMOTION_FAULT_EPOCH": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = trials_csv(root, "flaky")
+    assert len(table) == 2 and (table["status"] == "completed").all()
+    assert (table["epochs_run"] == 2).all()
+    for d in (root / "ray_results" / "flaky").glob("trial_*"):
+        # each trial failed once after epoch 1, and went on from that epoch's checkpoint
+        assert "injected fault after epoch 1" in (d / "error.txt").read_text()
+        assert pd.read_csv(d / "progress.csv")["epoch"].tolist() == [1, 2]
+
+
+def _finished_progress(exp, max_epochs):
+    done = {}
+    for d in exp.glob("trial_*"):
+        f = d / "progress.csv"
+        if f.is_file():
+            rows = pd.read_csv(f)
+            if len(rows) and rows["epoch"].iloc[-1] == max_epochs:
+                done[d.name] = f.read_bytes()
+    return done
+
+
+@slow
+def test_kill_9_of_the_driver_then_resume_accounts_for_every_trial(prepared_root, tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    args = ["--samples", "5", "--max-epochs", "3", "--grace-period", "3", "--name", "killed",
+            *SEARCH_SMALL]
+    env = {**os.environ, "EMOTION_ROOT": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("EMOTION_DATA_DIR", None)
+    driver = subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp = root / "ray_results" / "killed"
+    deadline = time.time() + 300
+    while time.time() < deadline and not _finished_progress(exp, 3):
+        time.sleep(0.5)
+    assert _finished_progress(exp, 3), "no trial finished in time"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = _finished_progress(exp, 3)
+
+    proc = run_cli("tuning.search", "--name", "killed", "--resume", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = trials_csv(root, "killed")
+    assert len(table) == 5 and table["trial_id"].is_unique
+    assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
+    assert (table["epochs_run"] == 3).all()  # grace 3 = max epochs: ASHA stops none here
+    after = _finished_progress(exp, 3)
+    for name, data in before.items():
+        assert after[name] == data, f"{name} finished before the kill and was run again"
+    for d in exp.glob("trial_*"):
+        assert pd.read_csv(d / "progress.csv")["epoch"].tolist() == [1, 2, 3], d.name
+
+
+@slow
+def test_search_joins_a_two_node_cluster_and_uses_both_nodes(prepared_root, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
+                       "2", "--concurrency", "2", "--name", "cluster", "--address",
+                       cluster.address, *SEARCH_SMALL, root=root)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trials_csv(root, "cluster")) == 2
+    nodes = {pd.read_csv(d / "progress.csv")["node_id"].iloc[0]
+             for d in (root / "ray_results" / "cluster").glob("trial_*")}
+    assert len(nodes) == 2, "each 1-CPU node should have run one of the two concurrent trials"
