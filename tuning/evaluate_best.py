@@ -297,14 +297,15 @@ def main(argv=None) -> int:
     print("baselines (majority, TF-IDF + LinearSVC)...", file=sys.stderr)
     base = baselines(p)
     opts_file = p.search_reports / exp.name / "search_options.json"
-    space = space_mod.load_space(json.loads(opts_file.read_text()).get("space")
-                                 if opts_file.is_file() else None)
-    importance = hyperparameter_importance(trials, space)
+    opts = json.loads(opts_file.read_text()) if opts_file.is_file() else {}
+    importance = hyperparameter_importance(trials, space_mod.load_space(opts.get("space")))
     reseeds = []
     if args.reseed:
         seeds = [state["config"]["seed"] + i for i in range(1, args.reseed + 1)]
         print(f"retraining the best config with seeds {seeds}...", file=sys.stderr)
-        reseeds = reseed(model_config(trial.config) | {"device": "cpu"}, splits, seeds)
+        # on the same training rows as the search (a --subset search retrains on that subset)
+        train = splits.head(opts["subset"], opts["subset"]) if opts.get("subset") else splits
+        reseeds = reseed(model_config(trial.config) | {"device": "cpu"}, train, seeds)
     m["baselines"], m["importance"], m["reseed"] = base, importance, reseeds
 
     history = analysis.trial_dataframes[trial.trial_id]
