@@ -2,7 +2,7 @@
 
 One training epoch on the real train split (BiLSTM, embedding 128, hidden 128, batch 64, one
 thread), timed without the validation pass; then, in the same run, single-thread float32 matmul
-rates. Prints figures, and last a JSON line with sentences_per_s, tokens_per_s, train_gflops,
+rates (the best of three shapes is the denominator). Prints figures, and last a JSON line with sentences_per_s, tokens_per_s, train_gflops,
 matmul_gflops, fraction_of_matmul. Target: fraction_of_matmul >= 0.60.
 
 FLOPs counted: per token and direction, the LSTM's four gates cost 2*4H*(E+H) forward (input and
@@ -40,9 +40,10 @@ def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
@@ -71,7 +72,7 @@ def main() -> int:
     rates = {f"{a}x{b}x{c}": matmul_gflops(a, b, c) for a, b, c in
              [(64, 128, 512), (64, 256, 512), (1024, 1024, 1024)]}
     train_gflops = flops / train_s / 1e9
-    peak = rates["1024x1024x1024"]
+    peak = max(rates.values())  # the best rate measured: the strictest denominator
     result = {
         "sentences_per_s": round(m["sentences_per_s"], 1),
         "tokens_per_s": round(tokens / train_s, 1),
@@ -80,7 +81,6 @@ def main() -> int:
         "matmul_gflops": round(peak, 2),
         "matmul_gflops_by_shape": {k: round(v, 2) for k, v in rates.items()},
         "fraction_of_matmul": round(train_gflops / peak, 3),
-        "fraction_of_lstm_shaped_matmul": round(train_gflops / rates["64x256x512"], 3),
         "train_tokens": tokens,
         "padding_fraction": round(padding / tokens, 5),
         "cpu": cpu_model(),
@@ -92,7 +92,7 @@ def main() -> int:
           file=sys.stderr)
     print(f"train: {train_gflops:.1f} GFLOP/s; matmul (1 thread): " +
           ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + " GFLOP/s", file=sys.stderr)
-    print(f"fraction of the 1024^2 matmul rate: {result['fraction_of_matmul']:.3f} "
+    print(f"fraction of the best single-thread matmul rate: {result['fraction_of_matmul']:.3f} "
           f"(target >= 0.60)", file=sys.stderr)
     print(json.dumps(result))
     return 0

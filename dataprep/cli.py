@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from dataprep.schema import DataError, UsageError
 
@@ -11,7 +11,7 @@ from dataprep.schema import DataError, UsageError
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit 2 (no usage dump)."""
 
-    def error(self, message: str):  # noqa: D401
+    def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 

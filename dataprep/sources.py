@@ -9,6 +9,7 @@ import codecs
 import hashlib
 import io
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -33,8 +34,7 @@ def _unknown_label(where: str, label) -> DataError:
 def read_txt(path: Path) -> pd.DataFrame:
     """The original release's format: `text;label` per line, label as name, split on the last ';'."""
     data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     if not data.strip():
         raise DataError(f"{path}: empty file")
     if b"\x00" in data:
@@ -71,7 +71,7 @@ def _label_id(value, where: str) -> int:
             value = int(name)
         else:
             raise _unknown_label(where, value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Number) or value != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise _unknown_label(where, value)
     if isinstance(value, numbers.Integral) or float(value).is_integer():
         if 0 <= int(value) < len(LABELS):
@@ -110,8 +110,7 @@ def read_table(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
         return validate_frame(df, str(path))
     data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     if not data.strip():
         raise DataError(f"{path}: empty file")
     if b"\x00" in data:

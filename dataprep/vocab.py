@@ -5,8 +5,8 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -27,7 +27,7 @@ class Vocab:
         self.min_freq, self.max_vocab = min_freq, max_vocab
 
     @classmethod
-    def fit(cls, texts: Iterable[str], min_freq: int = 2, max_vocab: int | None = None) -> "Vocab":
+    def fit(cls, texts: Iterable[str], min_freq: int = 2, max_vocab: int | None = None) -> Vocab:
         counts = Counter(tok for text in texts for tok in tokenize(text))
         # frequency first, then alphabetical: the same corpus always gives the same ids
         kept = sorted((-n, tok) for tok, n in counts.items() if n >= min_freq)
@@ -54,7 +54,7 @@ class Vocab:
         return (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
     @classmethod
-    def load(cls, path: Path | str) -> "Vocab":
+    def load(cls, path: Path | str) -> Vocab:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(doc["itos"], doc.get("min_freq", 1), doc.get("max_vocab"))
 

@@ -21,7 +21,7 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> "EncodedSplit":
+    def head(self, n: int) -> EncodedSplit:
         n = min(n, len(self))
         width = max(1, int(self.lengths[:n].max())) if n else 1
         return EncodedSplit(self.tokens[:n, :width], self.lengths[:n], self.labels[:n])
@@ -32,7 +32,7 @@ class EncodedSplit:
         return self.tokens[idx, :width], lengths, self.labels[idx]
 
     @classmethod
-    def from_ids(cls, ids: list[list[int]], labels) -> "EncodedSplit":
+    def from_ids(cls, ids: list[list[int]], labels) -> EncodedSplit:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         tokens = np.zeros((len(ids), max(1, int(lengths.max(initial=1)))), dtype=np.int64)
         for row, x in enumerate(ids):
@@ -50,7 +50,7 @@ class Splits:
     vocab_sha256: str
     test: EncodedSplit | None = None
 
-    def head(self, n_train: int, n_val: int) -> "Splits":
+    def head(self, n_train: int, n_val: int) -> Splits:
         return Splits(self.train.head(n_train), self.val.head(n_val), self.vocab_size,
                       self.vocab_sha256, self.test)
 
@@ -77,19 +77,32 @@ def load_processed(p: Paths, *, with_test: bool = False) -> Splits:
                   read_split(p.processed_split("test")) if with_test else None)
 
 
-def bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Batches of similar lengths in a shuffled order.
+def _by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Cut rows already sorted by length into batches that never mix two lengths."""
+    _, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+    return [chunk for group in torch.split(order, counts.tolist())
+            for chunk in torch.split(group, batch_size)]
 
-    Sort by length with random tie-breaks, cut into `batch_size` chunks (so most batches hold
-    one length and need no padding), then shuffle the order of the chunks.
+
+def bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Batches of one length each, with seeded random membership, in a shuffled order.
+
+    Every batch holds sentences of a single length, so there is no padding and the recurrence
+    runs on a plain dense tensor (no packing); the last batch of each length may be smaller.
     """
     n = len(lengths)
     tie_break = torch.randperm(n, generator=generator)
     order = torch.argsort(lengths * n + tie_break)
-    chunks = list(torch.split(order, batch_size))
+    chunks = _by_length(order, lengths, batch_size)
     return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
 
 
+def count_batches(lengths: torch.Tensor, batch_size: int) -> int:
+    """How many batches `bucketed_batches` makes (the same every epoch)."""
+    _, counts = torch.unique(lengths, return_counts=True)
+    return int(((counts + batch_size - 1) // batch_size).sum())
+
+
 def eval_batches(lengths: torch.Tensor, batch_size: int):
-    """Fixed order for evaluation: by length, large batches, no shuffling."""
-    return list(torch.split(torch.argsort(lengths, stable=True), batch_size))
+    """Fixed order for evaluation: by length, one length per batch, no shuffling."""
+    return _by_length(torch.argsort(lengths, stable=True), lengths, batch_size)

@@ -40,7 +40,7 @@ def run_cli(module: str, *args: str, root: Path, env: dict | None = None, input:
                     RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=root, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, input=input)
+                          capture_output=True, text=True, timeout=timeout, input=input, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from dataprep.paths import paths
-from model.data import EncodedSplit, Splits, bucketed_batches, load_processed
+from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, load_processed
 from model.network import EmotionClassifier
-from model.train import (check_checkpoint, fit, load_checkpoint, make_config,
-                         model_from_checkpoint, save_checkpoint)
+from model.train import (
+    check_checkpoint,
+    fit,
+    load_checkpoint,
+    make_config,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from tests.conftest import run_cli
 
 TIMING = {"sentences_per_s", "epoch_s"}
@@ -70,8 +76,10 @@ def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
     batches = bucketed_batches(lengths, 64, gen)
     rows = torch.cat(batches).sort().values
     assert torch.equal(rows, torch.arange(16000))
-    padding = sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches)
-    assert padding / int(lengths.sum()) < 0.02  # random batches of 64 would pad about 90 %
+    # one length per batch: no padding at all, so the LSTM never needs packing in training
+    assert all(int(lengths[b].min()) == int(lengths[b].max()) for b in batches)
+    assert max(len(b) for b in batches) == 64
+    assert len(batches) == count_batches(lengths, 64)
     again = bucketed_batches(lengths, 64, torch.Generator().manual_seed(3))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
 
@@ -152,7 +160,7 @@ def test_lr_follows_warmup_then_cosine_over_the_max_epochs(real_small):
     cfg = {**SMALL, "epochs": 4, "lr": 1e-3, "warmup_epochs": 1.0}
     lrs = [e.metrics["lr"] for e in fit(cfg, real_small)]  # the lr at each epoch's start
     assert lrs[0] == pytest.approx(1e-6)          # warm-up starts at 1e-3 of the peak
-    steps = math.ceil(1500 / 32)
+    steps = count_batches(real_small.train.lengths, 32)
     cosine = [1e-3 * (1 + math.cos(math.pi * (e * steps - steps) / (3 * steps))) / 2
               for e in (1, 2, 3)]
     assert lrs[1:] == pytest.approx(cosine, rel=1e-6)

@@ -15,15 +15,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score)
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from dataprep.cli import ArgumentParser, non_negative_int, run_main
 from dataprep.paths import Paths, paths
 from dataprep.schema import LABELS, DataError, UsageError
 from dataprep.vocab import Vocab
-from model.data import EncodedSplit, Splits, load_processed
-from model.train import (CHECKPOINT_FORMAT, check_checkpoint, evaluate, fit, load_checkpoint,
-                         make_config, model_from_checkpoint)
+from model.data import Splits, load_processed
+from model.train import (
+    CHECKPOINT_FORMAT,
+    check_checkpoint,
+    evaluate,
+    fit,
+    load_checkpoint,
+    make_config,
+    model_from_checkpoint,
+)
 
 PROG = "python -m tuning.evaluate_best"
 MODEL_FILE = "model.pt"
@@ -75,8 +82,7 @@ def baselines(p: Paths) -> list[dict]:
 def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, float]:
     """Optuna's fANOVA importance of each searched hyperparameter for the trials' best val_f1."""
     import optuna
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     dists = {}
     for key, spec in space.items():
@@ -208,9 +214,10 @@ def write_report(out: Path, m: dict, base: list[dict], importance: dict, reseeds
     counts = trials["status"].value_counts().to_dict()
     parts = [
         f"# Best model of experiment `{experiment}`",
-        f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on validation "
-        f"macro-F1 among {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}). "
-        "The test split was read once, here.",
+        (f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
+         f"validation macro-F1 among {len(trials)} trials "
+         f"({', '.join(f'{n} {s}' for s, n in counts.items())}). "
+         "The test split was read once, here."),
         "## Validation vs test",
         _table([{"split": "validation", "accuracy": m["val_acc"], "macro-F1": m["val_f1"]},
                 {"split": "test", "accuracy": m["accuracy"], "macro-F1": m["f1_macro"],

@@ -15,8 +15,14 @@ import time
 from pathlib import Path
 
 from dataprep.atomic import write_text
-from dataprep.cli import (ArgumentParser, non_negative_float, non_negative_int, positive_float,
-                          positive_int, run_main)
+from dataprep.cli import (
+    ArgumentParser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from dataprep.paths import Paths, paths
 from dataprep.schema import UsageError
 
@@ -168,7 +174,7 @@ def latest_experiment(storage: Path) -> Path | None:
                default=None)
 
 
-def write_reports(exp_dir: Path, out_dir: Path) -> "object":
+def write_reports(exp_dir: Path, out_dir: Path) -> object:
     from tuning.results import best_trial, load_experiment, trials_frame
 
     analysis = load_experiment(exp_dir)
