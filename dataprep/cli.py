@@ -50,6 +50,6 @@ def run_main(main: Callable[[list[str] | None], int], prog: str, argv=None) -> i
         print(f"{prog}: interrupted; outputs left as they were before this run", file=sys.stderr)
         return 130
     except OSError as e:  # unwritable folder, full disk: name the file, no traceback
-        where = f" {e.filename}" if e.filename else ""
-        print(f"{prog}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1

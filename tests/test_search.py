@@ -141,33 +141,61 @@ def _finished_progress(exp, max_epochs):
     return done
 
 
-@slow
-def test_kill_9_of_the_driver_then_resume_accounts_for_every_trial(prepared_root, tmp_path):
-    root = search_root(prepared_root, tmp_path, with_test=False)
-    args = ["--samples", "5", "--max-epochs", "3", "--grace-period", "3", "--name", "killed",
-            *SEARCH_SMALL]
+def _start_search(root, args):
+    """The search as a background process; its stderr goes to a file (a pipe nobody reads
+    would fill up and stall it). Returns the process; `_stderr(proc)` reads what it wrote."""
     env = {**os.environ, "EMOTION_ROOT": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("EMOTION_DATA_DIR", None)
-    driver = subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    exp = root / "ray_results" / "killed"
-    deadline = time.time() + 300
-    while time.time() < deadline and not _finished_progress(exp, 3):
-        time.sleep(0.5)
-    assert _finished_progress(exp, 3), "no trial finished in time"
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(timeout=30)
-    before = _finished_progress(exp, 3)
+    log = open(root / f"search-{time.time_ns()}.log", "w+")  # noqa: SIM115 - closed by _stderr
+    proc = subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
+    return proc
 
-    proc = run_cli("tuning.search", "--name", "killed", "--resume", "--no-dashboard", root=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+def _stderr(proc) -> str:
+    proc.log.seek(0)
+    text = proc.log.read()
+    proc.log.close()
+    return text
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@slow
+def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepared_root, tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    exp = root / "ray_results" / "killed"
+    driver = _start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
+                                  "--name", "killed", *SEARCH_SMALL])
+    finished_before = {}
+    for round_ in range(2):  # kill -9 the driver twice, each time after one more trial finished
+        need = len(finished_before) + 1
+        assert _wait_for(lambda: len(_finished_progress(exp, 3)) >= need), "no trial finished"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        if round_ == 0:
+            started_at_first_kill = len(list(exp.glob("trial_*")))
+        finished_before = _finished_progress(exp, 3)
+        driver = _start_search(root, ["--name", "killed", "--resume", "--no-dashboard"])
+    driver.wait(timeout=600)
+    assert driver.returncode == 0, _stderr(driver)[-3000:]
+
     table = trials_csv(root, "killed")
-    assert len(table) == 5 and table["trial_id"].is_unique
+    assert len(table) == 5 and table["trial_id"].is_unique  # none lost, none doubled
+    assert started_at_first_kill < 5  # so the restored searcher started the others
     assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
     assert (table["epochs_run"] == 3).all()  # grace 3 = max epochs: ASHA stops none here
     after = _finished_progress(exp, 3)
-    for name, data in before.items():
-        assert after[name] == data, f"{name} finished before the kill and was run again"
+    for name, data in finished_before.items():
+        assert after[name] == data, f"{name} finished before a kill and was run again"
     for d in exp.glob("trial_*"):
         assert pd.read_csv(d / "progress.csv")["epoch"].tolist() == [1, 2, 3], d.name
 

@@ -189,6 +189,7 @@ def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
         ax.scatter(group.index + 1, group["best_val_f1"], label=status,
                    color=colors.get(status, "black"), s=25)
     ax.plot(done.index + 1, done["best_val_f1"].cummax(), color="black", lw=1, label="running best")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel("best val macro-F1")
     ax.legend()

@@ -51,8 +51,9 @@ def parse_args(argv=None):
                     help="continue the interrupted experiment --name (default: the latest one)")
     ap.add_argument("--time-budget-s", type=positive_float, default=None,
                     help="stop starting new trials after this many seconds")
-    ap.add_argument("--grace-period", type=positive_int, default=2,
-                    help="ASHA: epochs every trial gets before it can be stopped (default 2)")
+    ap.add_argument("--grace-period", type=positive_int, default=None,
+                    help="ASHA: epochs every trial gets before it can be stopped "
+                         "(default 2, at most --max-epochs)")
     ap.add_argument("--reduction-factor", type=float, default=3.0,
                     help="ASHA: keep 1/this of the trials at each rung (default 3)")
     ap.add_argument("--optuna-storage", metavar="URL",
@@ -67,6 +68,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.reduction_factor <= 1:
         ap.error(f"argument --reduction-factor: must be > 1, got {args.reduction_factor}")
+    if args.grace_period is None:
+        args.grace_period = min(2, args.max_epochs)
     if args.grace_period > args.max_epochs:
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
     if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
@@ -234,6 +237,8 @@ def main(argv=None) -> int:
             space_mod.load_space(opts["space"])  # a bad --space fails before Ray starts
             write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
 
+        if local_storage is not None:  # fail here, not after Ray has started
+            (local_storage / name).mkdir(parents=True, exist_ok=True)
         from model.data import load_processed
 
         splits = load_processed(p)  # once, in the driver; the test split is never read here
@@ -251,6 +256,9 @@ def main(argv=None) -> int:
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         tuner.fit()
+        import ray
+
+        ray.shutdown()  # no worker log lines after the summary below
         if local_storage is None:
             print(f"experiment stored at {exp_path}", file=sys.stderr)
             return 0
