@@ -178,7 +178,7 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     finished_before = {}
     for round_ in range(2):  # kill -9 the driver twice, each time after one more trial finished
         need = len(finished_before) + 1
-        assert _wait_for(lambda: len(_finished_progress(exp, 3)) >= need), "no trial finished"
+        assert _wait_for(lambda need=need: len(_finished_progress(exp, 3)) >= need), "none finished"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         if round_ == 0:
