@@ -34,8 +34,9 @@ def parse_args(argv=None):
     cpus = os.cpu_count() or 1
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=positive_int, default=50, help="trials to run (default 50)")
-    ap.add_argument("--max-epochs", type=positive_int, default=10,
-                    help="epochs per trial at most; ASHA's max_t (default 10)")
+    ap.add_argument("--max-epochs", type=positive_int, default=4,
+                    help="epochs per trial at most, and the length of each trial's cosine LR "
+                         "schedule; ASHA's max_t (default 4)")
     ap.add_argument("--concurrency", type=positive_int, default=None,
                     help="trials at once (default: CPUs / --cpus-per-trial)")
     ap.add_argument("--cpus-per-trial", type=positive_int, default=1,
@@ -52,8 +53,7 @@ def parse_args(argv=None):
     ap.add_argument("--time-budget-s", type=positive_float, default=None,
                     help="stop starting new trials after this many seconds")
     ap.add_argument("--grace-period", type=positive_int, default=None,
-                    help="ASHA: epochs every trial gets before it can be stopped "
-                         "(default 2, at most --max-epochs)")
+                    help="ASHA: epochs every trial gets before it can be stopped (default 1)")
     ap.add_argument("--reduction-factor", type=float, default=3.0,
                     help="ASHA: keep 1/this of the trials at each rung (default 3)")
     ap.add_argument("--optuna-storage", metavar="URL",
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     if args.reduction_factor <= 1:
         ap.error(f"argument --reduction-factor: must be > 1, got {args.reduction_factor}")
     if args.grace_period is None:
-        args.grace_period = min(2, args.max_epochs)
+        args.grace_period = 1
     if args.grace_period > args.max_epochs:
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
     if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):

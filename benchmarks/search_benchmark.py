@@ -1,0 +1,102 @@
+"""The product's headline run: the default search, then evaluate_best, each timed.
+
+    python benchmarks/search_benchmark.py [--samples 50] [-- extra search flags]
+
+Runs `python -m tuning.search --samples N --name bench-<time>` and
+`python -m tuning.evaluate_best --experiment ray_results/bench-<time>` on the prepared data (run
+`make data` first), samples CPU use while the search runs, and prints a JSON line last with
+wall_s (the search), evaluate_s, test_accuracy, test_f1_macro, val_f1, epochs_total, trials,
+cpu_busy (mean fraction of all cores in use during the search) and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+
+from dataprep.paths import paths
+
+
+def cpu_times() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("extra", nargs="*", help="more flags for tuning.search (after --)")
+    args = ap.parse_args()
+    p = paths()
+    name = time.strftime("bench-%Y%m%d-%H%M%S")
+    busy_samples: list[float] = []
+    stop = threading.Event()
+
+    def sample_cpu():
+        last = cpu_times()
+        while not stop.wait(2.0):
+            now = cpu_times()
+            busy_samples.append((now[0] - last[0]) / max(1e-9, now[1] - last[1]))
+            last = now
+
+    sampler = threading.Thread(target=sample_cpu, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    search = subprocess.run([sys.executable, "-m", "tuning.search", "--samples",
+                             str(args.samples), "--name", name, "--no-dashboard", *args.extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            check=False)
+    wall = time.perf_counter() - start
+    stop.set()
+    if search.returncode != 0:
+        print(search.stderr[-3000:], file=sys.stderr)
+        return search.returncode
+    start = time.perf_counter()
+    evaluate = subprocess.run([sys.executable, "-m", "tuning.evaluate_best", "--experiment",
+                               str(p.ray_results / name)], capture_output=True, text=True,
+                              check=False)
+    evaluate_s = time.perf_counter() - start
+    if evaluate.returncode != 0:
+        print(evaluate.stderr[-3000:], file=sys.stderr)
+        return evaluate.returncode
+    metrics = json.loads((p.best / "metrics.json").read_text())
+    trials = pd.read_csv(p.search_reports / name / "trials.csv")
+    result = {
+        "wall_s": round(wall, 1),
+        "evaluate_s": round(evaluate_s, 1),
+        "test_accuracy": round(metrics["accuracy"], 4),
+        "test_f1_macro": round(metrics["f1_macro"], 4),
+        "val_f1": round(metrics["val_f1"], 4),
+        "epochs_total": int(trials["epochs_run"].sum()),
+        "trials": len(trials),
+        "statuses": trials["status"].value_counts().to_dict(),
+        "cpu_busy": round(sum(busy_samples) / max(1, len(busy_samples)), 3),
+        "experiment": name,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+    }
+    print(f"search {wall:.0f} s ({result['trials']} trials, {result['epochs_total']} epochs, "
+          f"CPU {result['cpu_busy']:.0%} busy); evaluate {evaluate_s:.0f} s; test accuracy "
+          f"{result['test_accuracy']:.4f}, macro-F1 {result['test_f1_macro']:.4f}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
