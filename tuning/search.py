@@ -124,6 +124,9 @@ def make_tuner(opts: dict, trainable, storage: str):
             num_samples=opts["samples"],
             time_budget_s=opts["time_budget_s"],
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            # a new trial reuses a finished trial's worker: no new process importing torch and
+            # fetching the splits again for each of the 50 trials
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=opts["name"],
