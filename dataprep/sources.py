@@ -31,15 +31,20 @@ def _unknown_label(where: str, label) -> DataError:
     return DataError(f"{where}: unknown label {label!r} (expected one of {', '.join(LABELS)} or 0-5)")
 
 
-def read_txt(path: Path) -> pd.DataFrame:
-    """The original release's format: `text;label` per line, label as name, split on the last ';'."""
-    data = path.read_bytes()
-    data = data.removeprefix(codecs.BOM_UTF8)
+def _read_bytes(path: Path) -> bytes:
+    """A text file's bytes without a UTF-8 BOM; empty files and NUL bytes are refused."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     if not data.strip():
         raise DataError(f"{path}: empty file")
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         raise DataError(f"{path}:{line}: NUL byte")
+    return data
+
+
+def read_txt(path: Path) -> pd.DataFrame:
+    """The original release's format: `text;label` per line, label as name, split on the last ';'."""
+    data = _read_bytes(path)
     lines = data.split(b"\n")
     while lines and lines[-1].strip(b"\r") == b"":  # trailing newline / empty lines
         lines.pop()
@@ -109,13 +114,7 @@ def read_table(path: Path) -> pd.DataFrame:
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
         return validate_frame(df, str(path))
-    data = path.read_bytes()
-    data = data.removeprefix(codecs.BOM_UTF8)
-    if not data.strip():
-        raise DataError(f"{path}: empty file")
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: NUL byte")
+    data = _read_bytes(path)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -144,6 +144,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_confusion(cm: list[list[int]], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -157,9 +163,7 @@ def plot_confusion(cm: list[list[int]], path: Path) -> None:
         for j, n in enumerate(row):
             ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
     ax.set_title("Test confusion matrix (counts)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_learning_curve(history: pd.DataFrame, path: Path) -> None:
@@ -174,9 +178,7 @@ def plot_learning_curve(history: pd.DataFrame, path: Path) -> None:
     a2.set_xlabel("epoch")
     a2.legend()
     fig.suptitle("Best trial: learning curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
@@ -194,9 +196,7 @@ def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("best val macro-F1")
     ax.legend()
     ax.set_title("Search history")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ---- report -----------------------------------------------------------------------------------
