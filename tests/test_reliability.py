@@ -101,6 +101,17 @@ def test_an_unwritable_artifacts_folder_is_a_clear_error(root):
     assert not (root / "data/processed/train.parquet").exists()  # nothing half-written
 
 
+def test_an_unwritable_ray_results_is_a_clear_error_before_ray_starts(prepared_root, tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    (root / "ray_results").write_text("not a folder")
+    proc = run_cli("tuning.search", "--samples", "1", "--name", "nowhere", *SEARCH_SMALL,
+                   root=root)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"{root}/ray_results/nowhere: Not a directory")
+    assert "Started a local Ray instance" not in proc.stderr
+
+
 def test_a_full_disk_while_saving_leaves_the_previous_outputs(root, monkeypatch, capsys):
     import pyarrow.parquet as pq
 
