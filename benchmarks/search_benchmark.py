@@ -19,6 +19,7 @@ import threading
 import time
 
 import pandas as pd
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 from dataprep.paths import paths
 
@@ -28,14 +29,6 @@ def cpu_times() -> tuple[float, float]:
         fields = [float(x) for x in f.readline().split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> int:

@@ -13,11 +13,11 @@ sentence, times 3. Element-wise gate math, the embedding and the optimizer are n
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 from dataprep.paths import paths
 from model.data import bucketed_batches, load_processed
@@ -36,17 +36,6 @@ def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
         a @ b
         reps += 1
     return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """Processed parquet -> tensors (once), and the seeded length-bucketed batches."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,6 @@ def load_processed(p: Paths, *, with_test: bool = False) -> Splits:
     if missing:
         raise DataError(f"no processed data ({', '.join(missing)} missing): run "
                         f"`python -m dataprep --source DIR` (or `make data`) first")
-    import json
-
     vocab_size = json.loads(p.vocab.read_text())["size"]
     return Splits(read_split(needed[0]), read_split(needed[1]), vocab_size, file_sha256(p.vocab),
                   read_split(p.processed_split("test")) if with_test else None)

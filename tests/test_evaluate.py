@@ -14,6 +14,7 @@ from dataprep.vocab import Vocab
 from model.data import EncodedSplit
 from model.train import model_from_checkpoint
 from tests.conftest import run_cli
+from tuning import space as space_mod
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["model.pt", "metrics.json", "classification_report.csv", "confusion_matrix.csv",
@@ -68,6 +69,7 @@ def test_report_has_baselines_and_importance(evaluated):
     tfidf = next(b for b in m["baselines"] if b["model"].startswith("TF-IDF"))
     assert tfidf["test_accuracy"] > 0.85
     assert "Hyperparameter importance" in report and "Other seeds" in report
+    assert set(m["importance"]) <= set(space_mod.SPACE) and m["importance"]
     assert str(root) not in report  # no absolute paths in what users share
 
 

@@ -82,17 +82,10 @@ def baselines(p: Paths) -> list[dict]:
 def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, float]:
     """Optuna's fANOVA importance of each searched hyperparameter for the trials' best val_f1."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    dists = {}
-    for key, spec in space.items():
-        if not isinstance(spec, dict):
-            continue
-        kind, args = next(iter(spec.items()))
-        dists[key] = {"loguniform": lambda a: FloatDistribution(a[0], a[1], log=True),
-                      "uniform": lambda a: FloatDistribution(a[0], a[1]),
-                      "int": lambda a: IntDistribution(a[0], a[1]),
-                      "choice": lambda a: CategoricalDistribution(a)}[kind](args)
+    from tuning.space import to_optuna
+
+    dists = to_optuna(space)
     done = trials[trials["best_val_f1"].notna()]
     if len(done) < 3 or not dists:
         return {}

@@ -205,9 +205,10 @@ def resume_command(name: str, storage_flag: str | None) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     p: Paths = paths()
-    storage = Path(args.storage).resolve() if args.storage and "://" not in args.storage else None
-    storage_str = args.storage if args.storage and "://" in args.storage else str(storage or p.ray_results)
-    local_storage = None if args.storage and "://" in args.storage else Path(storage_str)
+    # a URI (s3://, gs://, ...) is handed to Ray as is; a folder is made absolute
+    is_uri = bool(args.storage) and "://" in args.storage
+    local_storage = None if is_uri else Path(args.storage or p.ray_results).resolve()
+    storage_str = args.storage if is_uri else str(local_storage)
 
     if args.resume and args.name is None:
         latest = latest_experiment(local_storage) if local_storage else None

@@ -121,6 +121,18 @@ def to_tune(space: dict) -> dict:
     return out
 
 
+def to_optuna(space: dict) -> dict:
+    """The searched keys as Optuna distributions (for importance analysis of finished trials)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    make = {"loguniform": lambda a: FloatDistribution(a[0], a[1], log=True),
+            "uniform": lambda a: FloatDistribution(a[0], a[1]),
+            "int": lambda a: IntDistribution(a[0], a[1]),
+            "choice": lambda a: CategoricalDistribution(a)}
+    return {key: make[next(iter(spec))](next(iter(spec.values())))
+            for key, spec in space.items() if isinstance(spec, dict)}
+
+
 def contains(space: dict, point: dict) -> bool:
     """Whether a known-good point lies inside the (possibly overridden) space."""
     for key, value in point.items():
