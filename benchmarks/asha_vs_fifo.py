@@ -1,13 +1,17 @@
-"""What ASHA's early stopping buys: the same search with and without it, side by side.
+"""What ASHA's early stopping buys: the same trials with and without it, side by side.
 
-    python benchmarks/asha_vs_fifo.py [--samples 50] [--max-epochs 4]
+    python benchmarks/asha_vs_fifo.py [--samples 50] [-- extra search flags]
 
-Runs `python -m tuning.search` twice with the same seed and samples: with the default ASHA
-(grace 1, reduction 3) and with ASHA turned off (grace period = max epochs, i.e. FIFO: every trial
-runs all its epochs). Counts epochs trained by each, and the epochs ASHA had trained (all trials,
-in time order) when its best val_f1 first reached the FIFO run's best. Prints a JSON line last
-with fifo_best_val_f1, asha_best_val_f1, fifo_epochs, asha_epochs, asha_epochs_to_fifo_best and
-epoch_ratio (asha_epochs_to_fifo_best / fifo_epochs; target <= 1/3; null if never reached).
+1. FIFO: the default `python -m tuning.search` (OptunaSearch/TPE, same seed and samples) with
+   early stopping off (grace period = max epochs: every trial runs all its epochs).
+2. ASHA: the default search (grace 1, reduction 3) given FIFO's trials, in the order FIFO started
+   them, as `--points`: the same hyperparameters, hence the same derived seeds and the same
+   val_f1 epoch by epoch, so the only difference is which trials ASHA stops.
+Counts the epochs each trained and the epochs ASHA had trained (all trials, in time order) when
+its best val_f1 first reached FIFO's best. Prints a JSON line last with fifo_best_val_f1,
+asha_best_val_f1, fifo_epochs, asha_epochs, asha_epochs_to_fifo_best and epoch_ratio
+(asha_epochs_to_fifo_best / fifo_epochs; target <= 1/3; null if ASHA stopped FIFO's best trial
+before its best epoch).
 """
 from __future__ import annotations
 
@@ -15,36 +19,50 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
+from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
 
 from dataprep.paths import paths
 
 
-def run(name: str, samples: int, max_epochs: int, grace: int) -> tuple[float, pd.DataFrame]:
+def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame, list[dict]]:
+    """Run a search; its epochs in time order, and its trials' params in the order they started."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tuning.search", "--samples", str(samples),
-                           "--max-epochs", str(max_epochs), "--grace-period", str(grace),
-                           "--name", name, "--no-dashboard"],
+                           "--name", name, "--no-dashboard", *flags],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     wall = time.perf_counter() - start
-    rows = [pd.read_csv(f) for f in (paths().ray_results / name).glob("trial_*/progress.csv")]
-    return wall, pd.concat(rows).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    trials = []
+    for trial_dir in (paths().ray_results / name).glob("trial_*"):
+        progress = pd.read_csv(trial_dir / "progress.csv")
+        trials.append((progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
+                       json.loads((trial_dir / "params.json").read_text()), progress))
+    trials.sort(key=lambda t: t[0])
+    epochs = pd.concat([t[2] for t in trials]).sort_values("timestamp", kind="stable")
+    return wall, epochs.reset_index(drop=True), [t[1] for t in trials]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50)
-    ap.add_argument("--max-epochs", type=int, default=4)
+    ap.add_argument("extra", nargs="*", help="more flags for tuning.search (after --)")
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    fifo_wall, fifo = run(f"fifo-{stamp}", args.samples, args.max_epochs, args.max_epochs)
-    asha_wall, asha = run(f"asha-{stamp}", args.samples, args.max_epochs, 1)
+    from tuning.search import parse_args
+
+    max_epochs = parse_args(args.extra).max_epochs
+    fifo_wall, fifo, configs = run(f"fifo-{stamp}", args.samples,
+                                   ["--grace-period", str(max_epochs), *args.extra])
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(configs, f)
+    asha_wall, asha, _ = run(f"asha-{stamp}", args.samples, ["--points", f.name, *args.extra])
     target = fifo["val_f1"].max()
-    reached = asha.index[asha["val_f1"].cummax() >= target]
+    reached = asha.index[asha["val_f1"].cummax() >= target - 1e-9]
     to_target = int(reached[0]) + 1 if len(reached) else None
     result = {
         "fifo_best_val_f1": round(float(target), 4),
@@ -53,11 +71,11 @@ def main() -> int:
         "asha_epochs_to_fifo_best": to_target,
         "epoch_ratio": round(to_target / len(fifo), 3) if to_target else None,
         "fifo_wall_s": round(fifo_wall, 1), "asha_wall_s": round(asha_wall, 1),
-        "samples": args.samples, "max_epochs": args.max_epochs,
+        "samples": args.samples, "max_epochs": max_epochs, "cpu": cpu_model(),
     }
-    print(f"FIFO: {len(fifo)} epochs, best val_f1 {target:.4f}, {fifo_wall:.0f} s; ASHA: "
-          f"{len(asha)} epochs, best {result['asha_best_val_f1']:.4f}, {asha_wall:.0f} s; ASHA "
-          f"reached FIFO's best after {to_target} epochs", file=sys.stderr)
+    print(f"FIFO: {len(fifo)} epochs, best val_f1 {target:.4f}, {fifo_wall:.0f} s; ASHA on the "
+          f"same trials: {len(asha)} epochs, best {result['asha_best_val_f1']:.4f}, "
+          f"{asha_wall:.0f} s; ASHA reached FIFO's best after {to_target} epochs", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

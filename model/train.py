@@ -50,6 +50,7 @@ DEFAULTS = {
     "warmup_epochs": 0.0,
     "grad_clip": 1.0,        # max gradient norm; 0 turns clipping off
     "label_smoothing": 0.0,
+    "class_weight_power": 0.0,  # loss weight of a class = (its train count)^-power: 0 none, 1 balanced
     "patience": 3,           # epochs without a better val macro-F1 before stopping; 0 = never
     "eval_batch_size": 1024,
     "device": "cpu",         # "cuda" for a GPU trial (the search sets it from --gpus-per-trial)
@@ -80,6 +81,7 @@ _RULES = {
     "warmup_epochs": ((int, float), *_between(0.0, 10_000)),
     "grad_clip": ((int, float), *_between(0.0, 1e6)),
     "label_smoothing": ((int, float), *_between(0.0, 0.5)),
+    "class_weight_power": ((int, float), *_between(0.0, 2.0)),
     "patience": ((int,), *_between(0, 10_000)),
     "eval_batch_size": ((int,), *_between(1, 1_000_000)),
     "device": ((str,), lambda v: v in ("cpu", "cuda") or v.startswith("cuda:"), "cpu or cuda[:N]"),
@@ -154,6 +156,19 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int = 1024,
             "logits": logits}
 
 
+def class_weights(labels: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Per-class loss weights (count ** -power), scaled so an average training row weighs 1.
+
+    Macro-F1 counts the rare classes (love, surprise) as much as joy; power > 0 moves the
+    decision boundary towards them."""
+    if power == 0:
+        return None
+    counts = torch.bincount(labels, minlength=6).clamp(min=1).double()
+    weights = counts ** -power
+    weights *= len(labels) / (weights * counts).sum()
+    return weights.float()
+
+
 def _scheduler(optimizer, cfg: dict, steps_per_epoch: int):
     total = max(1, cfg["epochs"] * steps_per_epoch)
     warmup = min(total - 1, round(cfg["warmup_epochs"] * steps_per_epoch))
@@ -175,7 +190,8 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
                                   fused=True)
     steps_per_epoch = count_batches(splits.train.lengths, cfg["batch_size"])
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(splits.train.labels, cfg["class_weight_power"]),
+                                  label_smoothing=cfg["label_smoothing"]).to(device)
     best = {"val_f1": -1.0, "epoch": 0, "bad_epochs": 0}
     first_epoch = 1
     if resume is not None:

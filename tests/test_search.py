@@ -221,3 +221,55 @@ def test_search_joins_a_two_node_cluster_and_uses_both_nodes(prepared_root, tmp_
     nodes = {pd.read_csv(d / "progress.csv")["node_id"].iloc[0]
              for d in (root / "ray_results" / "cluster").glob("trial_*")}
     assert len(nodes) == 2, "each 1-CPU node should have run one of the two concurrent trials"
+
+
+# ---- --points: configurations the searcher tries first -----------------------------------------
+
+@pytest.mark.parametrize("content,needle", [
+    ({"lr": 1e-3}, "list of mappings"),
+    ([{"lr": 0.5}], "outside the search space"),
+    ([{"lr": 1e-3}, {"hidden": 64}], "point 2: 'hidden'"),
+    ([{"num_layers": 2}], "num_layers=2 is outside"),
+    ([{"pooling": "attention"}], "'pooling'"),
+])
+def test_bad_points_files_are_usage_errors(tmp_path, content, needle):
+    f = tmp_path / "points.json"
+    f.write_text(json.dumps(content))
+    with pytest.raises(UsageError, match=needle):
+        space_mod.load_points(str(f), space_mod.SPACE)
+
+
+def test_points_keep_searched_keys_and_accept_a_trials_params(tmp_path):
+    f = tmp_path / "points.yaml"
+    # a trial's params.json as written by Ray: fixed keys and search settings included
+    f.write_text("- {lr: 0.002, hidden_size: 192, num_layers: 1, epochs: 4, search_seed: 0}\n"
+                 "- {dropout: 0.2}\n")
+    assert space_mod.load_points(str(f), space_mod.SPACE) == [
+        {"lr": 0.002, "hidden_size": 192}, {"dropout": 0.2}]
+
+
+@slow
+def test_points_replay_an_earlier_search_to_the_same_numbers(tiny_experiment, tmp_path):
+    """Another search given the tiny search's trials as --points runs exactly those trials, with
+    the same derived seeds and the same val_f1 epoch by epoch (what asha_vs_fifo relies on)."""
+    root = tiny_experiment
+    earlier = {}
+    for d in (root / "ray_results/tiny").glob("trial_*"):
+        params = json.loads((d / "params.json").read_text())
+        earlier[json.dumps(space_mod.points_in_space([params], space_mod.SPACE), sort_keys=True)] = \
+            pd.read_csv(d / "progress.csv")["val_f1"].tolist()
+    points = tmp_path / "points.json"
+    points.write_text(json.dumps([json.loads(k)[0] for k in earlier]))
+    proc = run_cli("tuning.search", "--samples", str(len(earlier)), "--max-epochs", "3",
+                   "--grace-period", "3", "--points", str(points), "--name", "replay",
+                   *SEARCH_SMALL, root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replayed = {}
+    for d in (root / "ray_results/replay").glob("trial_*"):
+        params = json.loads((d / "params.json").read_text())
+        replayed[json.dumps(space_mod.points_in_space([params], space_mod.SPACE), sort_keys=True)] = \
+            pd.read_csv(d / "progress.csv")["val_f1"].tolist()
+    assert replayed.keys() == earlier.keys()
+    for key, curve in earlier.items():
+        # the earlier run may have been stopped by ASHA; the replay ran all 3 epochs
+        assert replayed[key][:len(curve)] == curve, key

@@ -59,6 +59,9 @@ def parse_args(argv=None):
     ap.add_argument("--optuna-storage", metavar="URL",
                     help="keep the Optuna study in this database, e.g. sqlite:///artifacts/optuna.db")
     ap.add_argument("--space", metavar="FILE", help="YAML/JSON ranges laid over tuning/space.py")
+    ap.add_argument("--points", metavar="FILE",
+                    help="YAML/JSON list of configurations to try first, in order (instead of "
+                         "the default BiLSTM), e.g. the best of an earlier search")
     ap.add_argument("--dashboard-host", default="127.0.0.1",
                     help="address the Ray dashboard listens on (default 127.0.0.1: this machine)")
     ap.add_argument("--dashboard-port", type=positive_int, default=8265)
@@ -106,7 +109,8 @@ def make_tuner(opts: dict, trainable, storage: str):
         epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
         device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
     searcher = OptunaSearch(
-        points_to_evaluate=space_mod.known_good_points(space),
+        points_to_evaluate=(opts.get("points") if opts.get("points") is not None
+                            else space_mod.known_good_points(space)),
         sampler=optuna.samplers.TPESampler(seed=opts["seed"]),
         study_name=opts["name"],
         storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
@@ -219,6 +223,14 @@ def main(argv=None) -> int:
     report_dir = p.search_reports / name
     exp_path = f"{storage_str.rstrip('/')}/{name}"
 
+    points = None
+    if not args.resume:  # a bad --space or --points fails before anything is written
+        from tuning import space as space_mod
+
+        space = space_mod.load_space(args.space)
+        # the points themselves are stored with the options: a resume needs no file
+        points = args.points and space_mod.load_points(args.points, space)
+
     with experiment_lock(report_dir / ".lock", name):
         from ray import tune
 
@@ -236,9 +248,7 @@ def main(argv=None) -> int:
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
                 "subset")}
             opts["name"] = name
-            from tuning import space as space_mod
-
-            space_mod.load_space(opts["space"])  # a bad --space fails before Ray starts
+            opts["points"] = points
             write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
 
         if local_storage is not None:  # fail here, not after Ray has started

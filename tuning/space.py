@@ -149,6 +149,45 @@ def contains(space: dict, point: dict) -> bool:
     return True
 
 
+def load_points(path: str, space: dict) -> list[dict]:
+    """`--points FILE`: a YAML/JSON list of configurations the searcher tries first, in order.
+
+    Each maps searched keys to values inside the space (keys left out are sampled); fixed keys
+    may be given only with their fixed value, so a trial's params.json can be pasted as is."""
+    if not path.endswith((".yaml", ".yml", ".json")):
+        raise UsageError(f"--points {path}: expected a .yaml, .yml or .json file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        import yaml
+
+        points = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--points {path}: cannot read ({e})") from None
+    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
+        raise UsageError(f"--points {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    return points_in_space(points, space, f"--points {path}")
+
+
+def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
+    """The searched keys of each point, checked to lie inside the space."""
+    if not isinstance(points, list) or not all(isinstance(pt, dict) for pt in points):
+        raise UsageError(f"{where}: expected a list of mappings (config key: value)")
+    searched = []
+    for i, point in enumerate(points, 1):
+        where_i = f"{where}: point {i}"
+        unknown = sorted(set(point) - set(space) - NOT_SEARCHABLE - {"search_seed"})
+        if unknown:
+            raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
+        point = {k: v for k, v in point.items() if k in space}
+        for key, value in point.items():
+            _check_value(key, value, where_i)
+            if not contains(space, {key: value}):
+                raise UsageError(f"{where_i}: {key}={value!r} is outside the search space "
+                                 f"({space[key]})")
+        searched.append({k: v for k, v in point.items() if isinstance(space[k], dict)})
+    return searched
+
+
 def known_good_points(space: dict) -> list[dict]:
     """Where the searcher starts (`points_to_evaluate`): the model's default BiLSTM."""
     point = {k: DEFAULTS[k] for k, spec in space.items() if isinstance(spec, dict)}
