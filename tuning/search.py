@@ -34,9 +34,9 @@ def parse_args(argv=None):
     cpus = os.cpu_count() or 1
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=positive_int, default=50, help="trials to run (default 50)")
-    ap.add_argument("--max-epochs", type=positive_int, default=4,
+    ap.add_argument("--max-epochs", type=positive_int, default=6,
                     help="epochs per trial at most, and the length of each trial's cosine LR "
-                         "schedule; ASHA's max_t (default 4)")
+                         "schedule; ASHA's max_t (default 6)")
     ap.add_argument("--concurrency", type=positive_int, default=None,
                     help="trials at once (default: CPUs / --cpus-per-trial)")
     ap.add_argument("--cpus-per-trial", type=positive_int, default=1,
