@@ -7,7 +7,7 @@ SAMPLES ?= 50
 SEARCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all install data search evaluate test lint bench clean
+.PHONY: all install data search evaluate test lint bench bench-search clean
 
 all: data search evaluate  # in this order (no -j)
 
@@ -35,8 +35,14 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check dataprep model tuning tests benchmarks
 
-bench: data
+bench: data  # one epoch's throughput (about a minute)
 	$(PY) benchmarks/train_throughput.py
+
+# issue #6's figures, each tens of minutes on 2 cores: run one at a time, nothing else running
+bench-search: data
+	$(PY) benchmarks/search_benchmark.py
+	$(PY) benchmarks/ray_overhead.py
+	$(PY) benchmarks/asha_vs_fifo.py
 
 clean:
 	rm -rf data/processed artifacts ray_results

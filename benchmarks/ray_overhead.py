@@ -12,7 +12,8 @@
    save counts as Ray's overhead.
 `--experiment NAME` replays a finished search instead of running one (its wall is read from its
 trials' timestamps). Prints both walls, checks that every trial reached the same val_f1 in both,
-and prints a JSON line last with ray_wall_s, plain_wall_s and overhead (ray / plain - 1).
+and prints a JSON line last with ray_wall_s, plain_wall_s and overhead (ray / plain - 1), and
+the worker-seconds spent in epochs under each and in Ray's per-epoch report and checkpoint.
 Target: overhead <= 0.05.
 """
 from __future__ import annotations
@@ -39,17 +40,19 @@ def _load():
     _SPLITS = load_processed(paths())
 
 
-def _train(config: dict, epochs: int) -> list[float]:
-    """val_f1 of each of the first `epochs` epochs of the trial (its schedule still spans all)."""
+def _train(config: dict, epochs: int) -> tuple[list[float], float]:
+    """val_f1 of each of the first `epochs` epochs of the trial (its schedule still spans all),
+    and the seconds those epochs took (training and validation, as `epoch_s` under Ray)."""
     from model.train import fit
     from tuning.trainable import model_config
 
-    curve = []
+    curve, seconds = [], 0.0
     for epoch in fit(model_config(config), _SPLITS):
         curve.append(epoch.metrics["val_f1"])
+        seconds += epoch.metrics["epoch_s"]
         if len(curve) == epochs:
             break
-    return curve
+    return curve, seconds
 
 
 def main() -> int:
@@ -79,7 +82,9 @@ def main() -> int:
         trials.append({"config": json.loads((trial_dir / "params.json").read_text()),
                        "start": progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
                        "end": progress["timestamp"].max(),
-                       "val_f1": progress["val_f1"].round(9).tolist()})
+                       "val_f1": progress["val_f1"].round(9).tolist(),
+                       "epoch_s": float(progress["epoch_s"].sum()),
+                       "report_s": float((progress["time_this_iter_s"] - progress["epoch_s"]).sum())})
     trials.sort(key=lambda t: t["start"])
     if args.experiment:  # first trial's start to last report: a lower bound on the search's wall
         ray_wall = max(t["end"] for t in trials) - trials[0]["start"]
@@ -89,7 +94,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     study = optuna.create_study(direction="maximize")
-    curves = {}
+    curves, plain_epoch_s = {}, 0.0
     with ProcessPoolExecutor(workers, initializer=_load) as pool:
         pending, queue = {}, list(enumerate(trials))
         while queue or pending:
@@ -99,7 +104,9 @@ def main() -> int:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 optuna_trial, i = pending.pop(fut)
-                curves[i] = [round(v, 9) for v in fut.result()]
+                curve, seconds = fut.result()
+                curves[i] = [round(v, 9) for v in curve]
+                plain_epoch_s += seconds
                 study.tell(optuna_trial, max(curves[i]))
     plain_wall = time.perf_counter() - start
 
@@ -109,7 +116,13 @@ def main() -> int:
               "overhead": round(ray_wall / plain_wall - 1, 3), "trials": len(trials),
               "epochs_total": epochs, "workers": workers, "experiment": name,
               "ray_wall_from": "timestamps" if args.experiment else "run",
-              "same_val_f1_per_epoch": same, "cpu": cpu_model()}
+              "same_val_f1_per_epoch": same, "cpu": cpu_model(),
+              # where the difference goes, in worker-seconds summed over trials: epochs that ran
+              # slower under Ray (its daemons share the cores), and the report + checkpoint after
+              # each epoch; the rest of (ray_wall - plain_wall) * workers is start, end and gaps
+              "ray_epoch_s": round(sum(t["epoch_s"] for t in trials), 1),
+              "plain_epoch_s": round(plain_epoch_s, 1),
+              "ray_report_checkpoint_s": round(sum(t["report_s"] for t in trials), 1)}
     print(f"Ray Tune {ray_wall:.1f} s vs plain Optuna loop {plain_wall:.1f} s for the same "
           f"{len(trials)} trials / {epochs} epochs: overhead {result['overhead']:+.1%} "
           f"(same val_f1 every epoch: {same})", file=sys.stderr)

@@ -12,6 +12,8 @@ from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, lo
 from model.network import EmotionClassifier
 from model.train import (
     check_checkpoint,
+    class_weights,
+    evaluate,
     fit,
     load_checkpoint,
     make_config,
@@ -154,6 +156,26 @@ def test_early_stopping_after_patience_epochs_without_improvement(real_small):
     assert [e.epoch for e in epochs] == [1, 2, 3]
     assert epochs[-1].status == "early_stopped" and epochs[-1].stop
     assert [e.improved for e in epochs] == [True, False, False]
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_weight():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 6 + [3] * 2 + [4] + [5])
+    counts = torch.bincount(labels, minlength=6).float()
+    assert class_weights(labels, 0.0) is None
+    balanced = class_weights(labels, 1.0)
+    assert torch.allclose(balanced * counts, torch.full((6,), len(labels) / 6))
+    half = class_weights(labels, 0.5)
+    assert half[5] > half[0] and (half * counts).sum().item() == pytest.approx(len(labels))
+
+
+def test_class_weighting_makes_the_model_predict_rare_classes_more(real_small):
+    def rare_predictions(power):
+        *_, last = fit({**SMALL, "epochs": 2, "class_weight_power": power}, real_small)
+        model = model_from_checkpoint(last.checkpoint())
+        pred = evaluate(model, real_small.val)["logits"].argmax(1)
+        return int(((pred == 2) | (pred == 5)).sum())  # love, surprise
+
+    assert rare_predictions(1.0) > rare_predictions(0.0)
 
 
 def test_lr_follows_warmup_then_cosine_over_the_max_epochs(real_small):
