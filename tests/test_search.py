@@ -62,7 +62,7 @@ def test_bad_space_files_are_usage_errors(tmp_path, content, needle):
     (["--reduction-factor", "1"], "--reduction-factor"),
     (["--grace-period", "5", "--max-epochs", "3"], "--grace-period"),
     (["--time-budget-s", "0"], "--time-budget-s"), (["--name", "a/b"], "--name"),
-    (["--space", "nope.txt"], "--space")])
+    (["--space", "nope.txt"], "--space"), (["--points", "missing.json"], "--points")])
 def test_bad_flags_exit_2_with_one_line(root, args, needle):
     proc = run_cli("tuning.search", *args, root=root)
     assert proc.returncode == 2, proc.stderr

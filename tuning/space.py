@@ -89,26 +89,30 @@ def validate(space: dict, where: str = "search space") -> dict:
     return space
 
 
+def read_yaml_or_json(path: str, flag: str):
+    """The parsed content of a .yaml/.yml/.json file given to `flag`; any problem is a UsageError."""
+    if not path.endswith((".yaml", ".yml", ".json")):
+        raise UsageError(f"{flag} {path}: expected a .yaml, .yml or .json file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {path}: cannot read ({e})") from None
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
+        raise UsageError(f"{flag} {path}: cannot parse ({str(e).splitlines()[0]})") from None
+
+
 def load_space(path: str | None) -> dict:
     """SPACE, with the ranges of a YAML/JSON file laid over it."""
     space = dict(SPACE)
     if path is None:
         return space
-    if not path.endswith((".yaml", ".yml", ".json")):
-        raise UsageError(f"--space {path}: expected a .yaml, .yml or .json file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--space {path}: cannot read ({e})") from None
-    try:
-        if path.endswith(".json"):
-            overrides = json.loads(text)
-        else:
-            import yaml
-
-            overrides = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
-        raise UsageError(f"--space {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    overrides = read_yaml_or_json(path, "--space")
     if not isinstance(overrides, dict):
         raise UsageError(f"--space {path}: expected a mapping of config keys to ranges")
     space.update(validate(overrides, f"--space {path}"))
@@ -164,17 +168,7 @@ def load_points(path: str, space: dict) -> list[dict]:
 
     Each maps searched keys to values inside the space (keys left out are sampled); fixed keys
     may be given only with their fixed value, so a trial's params.json can be pasted as is."""
-    if not path.endswith((".yaml", ".yml", ".json")):
-        raise UsageError(f"--points {path}: expected a .yaml, .yml or .json file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        import yaml
-
-        points = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--points {path}: cannot read ({e})") from None
-    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
-        raise UsageError(f"--points {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    points = read_yaml_or_json(path, "--points")
     return points_in_space(points, space, f"--points {path}")
 
 
