@@ -61,7 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--space", metavar="FILE", help="YAML/JSON ranges laid over tuning/space.py")
     ap.add_argument("--points", metavar="FILE",
                     help="YAML/JSON list of configurations to try first, in order (instead of "
-                         "the default BiLSTM), e.g. the best of an earlier search")
+                         "the known-good points of tuning/space.py; [] for none)")
     ap.add_argument("--dashboard-host", default="127.0.0.1",
                     help="address the Ray dashboard listens on (default 127.0.0.1: this machine)")
     ap.add_argument("--dashboard-port", type=positive_int, default=8265)
