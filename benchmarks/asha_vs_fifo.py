@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import pandas as pd
-from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
+from machine import cpu_model, trials_in_start_order  # benchmarks/machine.py
 
 from dataprep.paths import paths
 
@@ -37,14 +37,9 @@ def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame,
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     wall = time.perf_counter() - start
-    trials = []
-    for trial_dir in (paths().ray_results / name).glob("trial_*"):
-        progress = pd.read_csv(trial_dir / "progress.csv")
-        trials.append((progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
-                       json.loads((trial_dir / "params.json").read_text()), progress))
-    trials.sort(key=lambda t: t[0])
-    epochs = pd.concat([t[2] for t in trials]).sort_values("timestamp", kind="stable")
-    return wall, epochs.reset_index(drop=True), [t[1] for t in trials]
+    trials = trials_in_start_order(paths().ray_results / name)
+    epochs = pd.concat([progress for _, progress in trials]).sort_values("timestamp", kind="stable")
+    return wall, epochs.reset_index(drop=True), [params for params, _ in trials]
 
 
 def main() -> int:

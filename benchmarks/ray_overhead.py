@@ -25,8 +25,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-import pandas as pd
-from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
+from machine import cpu_model, trials_in_start_order  # benchmarks/machine.py
 
 from dataprep.paths import paths
 
@@ -76,16 +75,13 @@ def main() -> int:
     exp = p.ray_results / name
     options = json.loads((p.search_reports / name / "search_options.json").read_text())
     workers = options["concurrency"]
-    trials = []
-    for trial_dir in exp.glob("trial_*"):
-        progress = pd.read_csv(trial_dir / "progress.csv")
-        trials.append({"config": json.loads((trial_dir / "params.json").read_text()),
-                       "start": progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
-                       "end": progress["timestamp"].max(),
-                       "val_f1": progress["val_f1"].round(9).tolist(),
-                       "epoch_s": float(progress["epoch_s"].sum()),
-                       "report_s": float((progress["time_this_iter_s"] - progress["epoch_s"]).sum())})
-    trials.sort(key=lambda t: t["start"])
+    trials = [{"config": params,
+               "start": progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
+               "end": progress["timestamp"].max(),
+               "val_f1": progress["val_f1"].round(9).tolist(),
+               "epoch_s": float(progress["epoch_s"].sum()),
+               "report_s": float((progress["time_this_iter_s"] - progress["epoch_s"]).sum())}
+              for params, progress in trials_in_start_order(exp)]
     if args.experiment:  # first trial's start to last report: a lower bound on the search's wall
         ray_wall = max(t["end"] for t in trials) - trials[0]["start"]
 
