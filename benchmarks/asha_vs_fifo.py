@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 
 import pandas as pd
-from machine import cpu_model, trials_in_start_order  # benchmarks/machine.py
+from common import cpu_model, finish, run_search, trials_in_start_order  # benchmarks/common.py
 
 from dataprep.paths import paths
 
 
 def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame, list[dict]]:
     """Run a search; its epochs in time order, and its trials' params in the order they started."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tuning.search", "--samples", str(samples),
-                           "--name", name, "--no-dashboard", *flags],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    wall = time.perf_counter() - start
+    wall = run_search(name, samples, flags)
     trials = trials_in_start_order(paths().ray_results / name)
     epochs = pd.concat([progress for _, progress in trials]).sort_values("timestamp", kind="stable")
     return wall, epochs.reset_index(drop=True), [params for params, _ in trials]
@@ -68,11 +61,9 @@ def main() -> int:
         "fifo_wall_s": round(fifo_wall, 1), "asha_wall_s": round(asha_wall, 1),
         "samples": args.samples, "max_epochs": max_epochs, "cpu": cpu_model(),
     }
-    print(f"FIFO: {len(fifo)} epochs, best val_f1 {target:.4f}, {fifo_wall:.0f} s; ASHA on the "
-          f"same trials: {len(asha)} epochs, best {result['asha_best_val_f1']:.4f}, "
-          f"{asha_wall:.0f} s; ASHA reached FIFO's best after {to_target} epochs", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    return finish(f"FIFO: {len(fifo)} epochs, best val_f1 {target:.4f}, {fifo_wall:.0f} s; ASHA on "
+                  f"the same trials: {len(asha)} epochs, best {result['asha_best_val_f1']:.4f}, "
+                  f"{asha_wall:.0f} s; ASHA reached FIFO's best after {to_target} epochs", result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
+from common import cpu_model, finish  # benchmarks/common.py (scripts run from this folder)
 from torch.profiler import ProfilerActivity, profile
 
 from dataprep.paths import paths
@@ -40,11 +40,10 @@ def main() -> int:
     table = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in table)
     top = sorted(table, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
     shares = {e.key: round(e.self_cpu_time_total / total, 3) for e in top}
-    print(json.dumps({"epoch_s": round(wall, 2), "self_cpu_share": shares, "config": overrides,
-                      "cpu": cpu_model()}))
-    return 0
+    return finish(table.table(sort_by="self_cpu_time_total", row_limit=12),
+                  {"epoch_s": round(wall, 2), "self_cpu_share": shares, "config": overrides,
+                   "cpu": cpu_model()})
 
 
 if __name__ == "__main__":

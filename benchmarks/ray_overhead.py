@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from machine import cpu_model, trials_in_start_order  # benchmarks/machine.py
+from common import cpu_model, finish, run_search, trials_in_start_order  # benchmarks/common.py
 
 from dataprep.paths import paths
 
@@ -63,15 +62,7 @@ def main() -> int:
     p = paths()
     name = args.experiment or time.strftime("overhead-%Y%m%d-%H%M%S")
     if not args.experiment:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "tuning.search", "--samples", str(args.samples),
-                               "--name", name, "--no-dashboard", *args.extra],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              check=False)
-        ray_wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
+        ray_wall = run_search(name, args.samples, args.extra)
     exp = p.ray_results / name
     options = json.loads((p.search_reports / name / "search_options.json").read_text())
     workers = options["concurrency"]
@@ -119,11 +110,9 @@ def main() -> int:
               "ray_epoch_s": round(sum(t["epoch_s"] for t in trials), 1),
               "plain_epoch_s": round(plain_epoch_s, 1),
               "ray_report_checkpoint_s": round(sum(t["report_s"] for t in trials), 1)}
-    print(f"Ray Tune {ray_wall:.1f} s vs plain Optuna loop {plain_wall:.1f} s for the same "
-          f"{len(trials)} trials / {epochs} epochs: overhead {result['overhead']:+.1%} "
-          f"(same val_f1 every epoch: {same})", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    return finish(f"Ray Tune {ray_wall:.1f} s vs plain Optuna loop {plain_wall:.1f} s for the same "
+                  f"{len(trials)} trials / {epochs} epochs: overhead {result['overhead']:+.1%} "
+                  f"(same val_f1 every epoch: {same})", result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import threading
 import time
 
 import pandas as pd
-from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
+from common import cpu_model, finish, run_search  # benchmarks/common.py (scripts run from here)
 
 from dataprep.paths import paths
 
@@ -50,16 +50,10 @@ def main() -> int:
 
     sampler = threading.Thread(target=sample_cpu, daemon=True)
     sampler.start()
-    start = time.perf_counter()
-    search = subprocess.run([sys.executable, "-m", "tuning.search", "--samples",
-                             str(args.samples), "--name", name, "--no-dashboard", *args.extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            check=False)
-    wall = time.perf_counter() - start
-    stop.set()
-    if search.returncode != 0:
-        print(search.stderr[-3000:], file=sys.stderr)
-        return search.returncode
+    try:
+        wall = run_search(name, args.samples, args.extra)
+    finally:
+        stop.set()
     start = time.perf_counter()
     evaluate = subprocess.run([sys.executable, "-m", "tuning.evaluate_best", "--experiment",
                                str(p.ray_results / name)], capture_output=True, text=True,
@@ -84,11 +78,9 @@ def main() -> int:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
-    print(f"search {wall:.0f} s ({result['trials']} trials, {result['epochs_total']} epochs, "
-          f"CPU {result['cpu_busy']:.0%} busy); evaluate {evaluate_s:.0f} s; test accuracy "
-          f"{result['test_accuracy']:.4f}, macro-F1 {result['test_f1_macro']:.4f}", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    return finish(f"search {wall:.0f} s ({result['trials']} trials, {result['epochs_total']} epochs, "
+                  f"CPU {result['cpu_busy']:.0%} busy); evaluate {evaluate_s:.0f} s; test accuracy "
+                  f"{result['test_accuracy']:.4f}, macro-F1 {result['test_f1_macro']:.4f}", result)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ sentence, times 3. Element-wise gate math, the embedding and the optimizer are n
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import torch
-from machine import cpu_model  # benchmarks/machine.py (scripts run from this folder)
+from common import cpu_model, finish  # benchmarks/common.py (scripts run from this folder)
 
 from dataprep.paths import paths
 from model.data import bucketed_batches, load_processed
@@ -76,15 +75,13 @@ def main() -> int:
         "torch": torch.__version__,
         "threads": 1,
     }
-    print(f"one epoch: {len(splits.train)} sentences, {tokens} tokens in {train_s:.2f} s "
-          f"({result['sentences_per_s']:.0f} sentences/s, {result['tokens_per_s']:.0f} tokens/s)",
-          file=sys.stderr)
-    print(f"train: {train_gflops:.1f} GFLOP/s; matmul (1 thread): " +
-          ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + " GFLOP/s", file=sys.stderr)
-    print(f"fraction of the best single-thread matmul rate: {result['fraction_of_matmul']:.3f} "
-          f"(target >= 0.60)", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    return finish(
+        f"one epoch: {len(splits.train)} sentences, {tokens} tokens in {train_s:.2f} s "
+        f"({result['sentences_per_s']:.0f} sentences/s, {result['tokens_per_s']:.0f} tokens/s)\n"
+        f"train: {train_gflops:.1f} GFLOP/s; matmul (1 thread): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + " GFLOP/s\n"
+        f"fraction of the best single-thread matmul rate: {result['fraction_of_matmul']:.3f} "
+        f"(target >= 0.60)", result)
 
 
 if __name__ == "__main__":

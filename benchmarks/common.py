@@ -1,7 +1,12 @@
-"""What the benchmarks print about the machine they ran on, and how they read finished searches."""
+"""What the benchmarks share: the machine they ran on, running a search, reading its trials, and
+the closing lines (a summary on stderr, then the JSON line last on stdout)."""
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
+import sys
+import time
 
 
 def cpu_model() -> str:
@@ -18,8 +23,6 @@ def cpu_model() -> str:
 def trials_in_start_order(exp_dir) -> list[tuple[dict, object]]:
     """A finished Ray Tune experiment's trials as (params, progress), in the order they started
     (each trial's first report time less that epoch's duration)."""
-    import json
-
     import pandas as pd
 
     trials = []
@@ -29,3 +32,21 @@ def trials_in_start_order(exp_dir) -> list[tuple[dict, object]]:
         trials.append((started, json.loads((trial_dir / "params.json").read_text()), progress))
     trials.sort(key=lambda t: t[0])
     return [(params, progress) for _, params, progress in trials]
+
+
+def run_search(name: str, samples: int, flags: list[str]) -> float:
+    """`python -m tuning.search` without the dashboard, timed end to end; a failed search ends the
+    benchmark with the search's last lines of stderr (exit 1)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tuning.search", "--samples", str(samples),
+                           "--name", name, "--no-dashboard", *flags],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    return time.perf_counter() - start
+
+
+def finish(summary: str, result: dict) -> int:
+    print(summary, file=sys.stderr)
+    print(json.dumps(result))
+    return 0
