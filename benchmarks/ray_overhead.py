@@ -31,11 +31,14 @@ from dataprep.paths import paths
 _SPLITS = None
 
 
-def _load():
+def _load(subset: int | None):
+    """The splits the search trained on (its --subset too, if it had one)."""
     global _SPLITS
     from model.data import load_processed
 
     _SPLITS = load_processed(paths())
+    if subset:
+        _SPLITS = _SPLITS.head(subset, subset)
 
 
 def _train(config: dict, epochs: int) -> tuple[list[float], float]:
@@ -82,7 +85,8 @@ def main() -> int:
     start = time.perf_counter()
     study = optuna.create_study(direction="maximize")
     curves, plain_epoch_s = {}, 0.0
-    with ProcessPoolExecutor(workers, initializer=_load) as pool:
+    with ProcessPoolExecutor(workers, initializer=_load,
+                             initargs=(options["subset"],)) as pool:
         pending, queue = {}, list(enumerate(trials))
         while queue or pending:
             while queue and len(pending) < workers:
