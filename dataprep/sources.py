@@ -11,6 +11,7 @@ import io
 import json
 import math
 import numbers
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -127,25 +128,65 @@ def read_table(path: Path) -> pd.DataFrame:
     return validate_frame(df, str(path))
 
 
-def find_split_files(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
+# A Hugging Face hub snapshot of the dataset holds parquet shards: split/train-00000-of-00001.parquet
+SHARD_RE = re.compile(r"^(?P<stem>[a-z]+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet$")
+
+
+def _shards(folder: Path, split: str) -> list[Path]:
+    """The complete set of one split's parquet shards in `folder` ([] if none), in order."""
+    sets: dict[int, dict[int, Path]] = {}
+    for path in sorted(folder.glob("*.parquet")):
+        m = SHARD_RE.match(path.name)
+        if m and m["stem"] in STEMS[split]:
+            sets.setdefault(int(m["total"]), {})[int(m["index"])] = path
+    if not sets:
+        return []
+    if len(sets) > 1:
+        names = ", ".join(p.name for shards in sets.values() for p in shards.values())
+        raise DataError(f"{folder}: split '{split}' is ambiguous: shards of {len(sets)} different "
+                        f"sets ({names}); keep one set")
+    (total, shards), = sets.items()
+    missing = [i for i in range(total) if i not in shards]
+    if missing or len(shards) != total:
+        raise DataError(f"{folder}: split '{split}' is incomplete: shard {missing[0] if missing else '?'}"
+                        f" of {total} is missing (have {', '.join(p.name for p in shards.values())})")
+    return [shards[i] for i in range(total)]
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """One split's files in `folder`: a single train/val/test file, or a set of hub shards."""
+    hits = [folder / f"{stem}{ext}" for stem in STEMS[split] for ext in EXTENSIONS
+            if (folder / f"{stem}{ext}").is_file()]
+    shards = _shards(folder, split)
+    if len(hits) + bool(shards) > 1:
+        names = [h.name for h in hits] + ([f"{len(shards)} shard(s) {shards[0].name}…"] if shards else [])
+        raise DataError(f"{folder}: split '{split}' is ambiguous: {', '.join(names)}")
+    return hits or shards
+
+
+def find_split_files(folder: Path) -> dict[str, list[Path]]:
+    """Each split's files in `folder`, or in its `split/` subfolder (a hub snapshot's layout)."""
+    if not any(_split_files(folder, s) for s in SPLITS) and (folder / HUB_CONFIG).is_dir():
+        folder = folder / HUB_CONFIG
+    found = {}
     for split in SPLITS:
-        hits = [folder / f"{stem}{ext}" for stem in STEMS[split] for ext in EXTENSIONS
-                if (folder / f"{stem}{ext}").is_file()]
-        if not hits:
+        files = _split_files(folder, split)
+        if not files:
             names = ", ".join(f"{s}{e}" for s in STEMS[split] for e in EXTENSIONS)
-            raise DataError(f"{folder}: missing split '{split}' (looked for {names})")
-        if len(hits) > 1:
-            raise DataError(f"{folder}: split '{split}' is ambiguous: {', '.join(h.name for h in hits)}")
-        found[split] = hits[0]
+            raise DataError(f"{folder}: missing split '{split}' (looked for {names}, and hub shards "
+                            f"such as {STEMS[split][-1]}-00000-of-00001.parquet)")
+        found[split] = files
     return found
 
 
 def read_folder(folder: Path) -> tuple[RawSplits, dict[str, str]]:
     """Read a folder of split files; also return each file's sha256 for the manifest."""
     files = find_split_files(folder)
-    raw = {split: (read_txt(p) if p.suffix == ".txt" else read_table(p)) for split, p in files.items()}
-    return raw, {str(p): _sha256(p.read_bytes()) for p in files.values()}
+    raw = {}
+    for split, paths in files.items():
+        frames = [read_txt(p) if p.suffix == ".txt" else read_table(p) for p in paths]
+        raw[split] = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return raw, {str(p): _sha256(p.read_bytes()) for paths in files.values() for p in paths}
 
 
 def read_hub() -> RawSplits:

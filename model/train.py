@@ -6,6 +6,7 @@ checkpoint back as `resume=` continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -57,6 +58,14 @@ DEFAULTS = {
 }
 
 
+# Settings of a run, not hyperparameters: how and where it runs, and how long at most. A search
+# sets them from its flags; everything else in DEFAULTS is a hyperparameter.
+RUN_KEYS = ("seed", "threads", "epochs", "device", "eval_batch_size")
+HYPERPARAMETERS = tuple(k for k in DEFAULTS if k not in RUN_KEYS)
+# The key a search adds to each trial's config: the seed that trial seeds are derived from.
+SEARCH_SEED_KEY = "search_seed"
+
+
 def _between(lo, hi):
     return lambda v: lo <= v <= hi, f"in [{lo}, {hi}]"
 
@@ -104,6 +113,35 @@ def make_config(overrides: dict | None = None) -> dict:
     return cfg
 
 
+def trial_seed(config: dict) -> int:
+    """A search trial's seed: a hash of the search seed and the trial's hyperparameters only.
+
+    The same hyperparameters in the same search always train from the same initial weights and
+    batch order: retries, resumes and reruns included, whatever order or node the trials ran
+    in, and whatever the run settings (RUN_KEYS): the same configuration rerun with more epochs,
+    more threads or on a GPU starts from the same seed, so only the setting changed differs.
+    """
+    params = {k: config.get(k, DEFAULTS[k]) for k in HYPERPARAMETERS}
+    blob = json.dumps([config.get(SEARCH_SEED_KEY, 0), params], sort_keys=True).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
+
+
+def config_from_document(doc, where: str) -> dict:
+    """The config overrides in a parsed --config file.
+
+    Three shapes are accepted: plain config keys; a search's best_config.json (the winner's full
+    config under "config", its seed included); a trial's params.json (hyperparameters and the
+    search seed: the trial's own seed is derived from them, as the search did)."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{where}: expected a JSON object of config keys")
+    if isinstance(doc.get("config"), dict):  # best_config.json
+        doc = doc["config"]
+    if SEARCH_SEED_KEY in doc:  # a trial's params.json
+        rest = {k: v for k, v in doc.items() if k != SEARCH_SEED_KEY}
+        return {**rest, "seed": rest.get("seed", trial_seed(doc))}
+    return dict(doc)
+
+
 def config_id(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -124,16 +162,27 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Epoch:
-    """One finished epoch: its metrics, and `checkpoint()` to snapshot the whole training state."""
+    """One finished epoch: its metrics, and `training_state()` to copy the whole training state.
+
+    `training_state()` returns copies, never views of the live weights (the optimizer updates
+    those in place as soon as training goes on), and it can only be called while this epoch is
+    the loop's current one: afterwards the weights are another epoch's, so it raises.
+    """
     epoch: int
     metrics: dict
     improved: bool   # best val macro-F1 so far
-    stop: bool       # the loop ends after this epoch (early stop, last epoch, or non-finite loss)
-    status: str      # "running", "early_stopped", "completed" or "nan"
-    _snapshot: object = field(repr=False, default=None)
+    stop: bool       # the loop ends after this epoch (early stop, last epoch, or divergence)
+    status: str      # "running", "early_stopped", "completed" or "diverged"
+    _state: object = field(repr=False, default=None)
+    _current: bool = field(repr=False, default=True)
 
-    def checkpoint(self) -> dict:
-        return self._snapshot()
+    def training_state(self) -> dict:
+        if not self._current:
+            raise RuntimeError(f"training_state() of epoch {self.epoch} asked for after the loop "
+                               f"went on: take it before the next epoch")
+        if self._state is None:
+            raise RuntimeError(f"epoch {self.epoch} diverged: it has no training state to keep")
+        return copy.deepcopy(self._state())
 
 
 @torch.no_grad()
@@ -204,7 +253,10 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
         first_epoch = resume["epoch"] + 1
 
     model.train()
+    previous = None
     for epoch in range(first_epoch, cfg["epochs"] + 1):
+        if previous is not None:  # its weights are about to change
+            previous._current = False
         # the batch order of epoch e depends only on (seed, e): a resumed run sees the same batches
         gen = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)
         start, loss_sum, finite = time.perf_counter(), 0.0, True
@@ -229,7 +281,7 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
         if not finite:
             metrics = {"epoch": epoch, "train_loss": float("nan"), "val_loss": float("nan"),
                        "val_acc": 0.0, "val_f1": 0.0, "lr": lr, "sentences_per_s": 0.0}
-            yield Epoch(epoch, metrics, False, True, "nan", lambda: None)
+            yield Epoch(epoch, metrics, False, True, "diverged", None)
             return
         val = evaluate(model, splits.val, cfg["eval_batch_size"], cfg["label_smoothing"])
         improved = val["f1"] > best["val_f1"]
@@ -247,7 +299,7 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
             "best_val_f1": best["val_f1"], "best_epoch": best["epoch"],
         }
 
-        def snapshot(epoch=epoch, metrics=metrics, best=dict(best)):  # noqa: B006 - bind now
+        def state(epoch=epoch, metrics=metrics, best=dict(best)):  # noqa: B006 - bind now
             return {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": cfg,
                 "vocab_size": splits.vocab_size, "vocab_sha256": splits.vocab_sha256,
@@ -256,7 +308,8 @@ def fit(config: dict, splits: Splits, *, resume: dict | None = None) -> Iterator
                 "best": best, "metrics": metrics,
             }
 
-        yield Epoch(epoch, metrics, improved, early or last, status, snapshot)
+        previous = Epoch(epoch, metrics, improved, early or last, status, state)
+        yield previous
         if early:
             return
 
@@ -319,7 +372,7 @@ def train_one(cfg: dict, splits: Splits, run_dir: Path, log=print) -> dict:
             f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  val_f1 {m['val_f1']:.4f}  "
             f"{m['sentences_per_s']:.0f} sent/s" + ("  *" if ep.improved else ""))
         if ep.improved:
-            save_checkpoint(ep.checkpoint(), run_dir / "best.pt")
+            save_checkpoint(ep.training_state(), run_dir / "best.pt")
             best = m
         result = ep
     with atomic_path(run_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -342,31 +395,36 @@ def main(argv=None) -> int:
 
     ap = ArgumentParser(prog="python -m model.train",
                         description="Train one configuration on data/processed; last line is JSON.")
-    ap.add_argument("--config", metavar="FILE.json", help="config overrides (keys: see DEFAULTS)")
+    ap.add_argument("--config", metavar="FILE.json",
+                    help="config overrides (keys: see DEFAULTS), or a search's best_config.json, "
+                         "or a trial's params.json: retrains that configuration with its seed")
     ap.add_argument("--epochs", type=positive_int)
     ap.add_argument("--seed", type=non_negative_int)
     ap.add_argument("--threads", type=positive_int)
+    ap.add_argument("--subset", type=positive_int, metavar="N",
+                    help="use only the first N train and validation rows (as the search's --subset)")
     args = ap.parse_args(argv)
     overrides = {}
     if args.config:
         try:
-            overrides = json.loads(Path(args.config).read_text())
+            doc = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"--config {args.config}: cannot read JSON ({e})") from None
-        if not isinstance(overrides, dict):
-            raise UsageError(f"--config {args.config}: expected a JSON object")
+        overrides = config_from_document(doc, f"--config {args.config}")
     for key in ("epochs", "seed", "threads"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     cfg = make_config(overrides)
     p = paths()
     splits = load_processed(p)
+    if args.subset:
+        splits = splits.head(args.subset, args.subset)
     # the run folder is named by the config, so the same config + seed lands in the same place
     run_dir = p.train_runs / f"{config_id(cfg)}-seed{cfg['seed']}"
     summary = train_one(cfg, splits, run_dir, log=lambda s: print(s, file=sys.stderr))
     summary["checkpoint"] = summary["checkpoint"] and str(Path(summary["checkpoint"]).relative_to(p.root))
     print(json.dumps(summary, sort_keys=True))
-    return 0 if summary["status"] != "nan" else 1
+    return 0 if summary["status"] != "diverged" else 1
 
 
 if __name__ == "__main__":

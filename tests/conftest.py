@@ -33,13 +33,14 @@ def root(tmp_path, monkeypatch) -> Path:
 
 
 def run_cli(module: str, *args: str, root: Path, env: dict | None = None, input: str | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m module args` as a user would, in a given project root."""
+            timeout: float = 600, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, in a given project root (after `prefix`,
+    e.g. `taskset -c 0`)."""
     full_env = {k: v for k, v in os.environ.items() if k != "EMOTION_DATA_DIR"}
     full_env.update(EMOTION_ROOT=str(root), HF_HUB_OFFLINE="1", HF_HOME=str(root / ".hf"),
                     RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=root, env=full_env,
+    return subprocess.run([*prefix, sys.executable, "-m", module, *args], cwd=root, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input, check=False)
 
 
@@ -75,6 +76,7 @@ def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
     proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
                    "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL, root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (root / "search.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
     import shutil
 
     shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")

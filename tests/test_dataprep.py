@@ -203,6 +203,53 @@ def test_ambiguous_split_files_are_rejected(root):
         prep(root, src)
 
 
+def write_hub_snapshot(folder, shards=None):
+    """The layout of a Hugging Face hub download of dair-ai/emotion: split/*-0000N-of-0000M.parquet
+    (label ids), beside unsplit/ (train only). `shards` cuts train into that many files."""
+    split_dir = folder / "split"
+    split_dir.mkdir(parents=True)
+    for split, items in ROWS.items():
+        name = "validation" if split == "val" else split
+        df = pd.DataFrame({"text": [t for t, _ in items], "label": [LABELS.index(lab) for _, lab in items]})
+        n = (shards or 1) if split == "train" else 1
+        for i in range(n):
+            part = df.iloc[len(df) * i // n: len(df) * (i + 1) // n]
+            part.to_parquet(split_dir / f"{name}-{i:05d}-of-{n:05d}.parquet", index=False)
+    (folder / "unsplit").mkdir()
+    pd.DataFrame({"text": ["x"], "label": [0]}).to_parquet(
+        folder / "unsplit" / "train-00000-of-00001.parquet", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("point_at", ["snapshot", "split folder"])
+def test_a_hub_snapshot_builds_the_same_outputs_as_the_release_files(root, shards, point_at):
+    snapshot = write_hub_snapshot(root / "hub", shards)
+    assert prep(root, snapshot if point_at == "snapshot" else snapshot / "split", min_freq=1) == "built"
+    reference = root / "ref"
+    prep(reference, write_txt(reference / "src"), min_freq=1)
+    for split in ("train", "val", "test"):
+        assert file_sha256(paths(root).processed_split(split)) == \
+            file_sha256(paths(reference).processed_split(split))
+    manifest = json.loads(paths(root).manifest.read_text())
+    assert len(manifest["inputs"]) == shards + 2
+
+
+def test_ambiguous_or_incomplete_hub_shards_are_refused(root):
+    snapshot = write_hub_snapshot(root / "hub", shards=2)
+    split_dir = snapshot / "split"
+    (split_dir / "train-00001-of-00002.parquet").unlink()
+    with pytest.raises(DataError, match=r"split 'train' is incomplete: shard 1 of 2 is missing"):
+        prep(root, snapshot)
+    pd.DataFrame({"text": ["a"], "label": [0]}).to_parquet(split_dir / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"split 'train' is ambiguous: shards of 2 different sets"):
+        prep(root, snapshot)
+    (split_dir / "train-00000-of-00002.parquet").unlink()
+    write_txt(split_dir)  # a train.txt beside the shards: which one?
+    with pytest.raises(DataError, match=r"split 'train' is ambiguous: train.txt, 1 shard"):
+        prep(root, snapshot)
+
+
 # ---- tolerated variants -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", [

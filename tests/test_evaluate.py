@@ -175,3 +175,28 @@ def test_predict_refuses_a_tampered_model(evaluated, tmp_path):
     model.unlink()
     proc = run_cli("tuning.predict", "hello", root=work)
     assert proc.returncode == 1 and "evaluate_best" in proc.stderr
+
+
+def test_reseed_tests_the_best_epochs_weights_not_the_last_ones(prepared_root):
+    import io
+
+    from dataprep.paths import paths
+    from model.data import load_processed
+    from model.train import evaluate, fit
+    from tests.test_model import PEAKS_EARLY
+    from tuning.evaluate_best import reseed
+
+    splits = load_processed(paths(prepared_root), with_test=True).head(1500, 400)
+    # the reference: the best epoch's weights written out as it happens (a true snapshot)
+    best_f1, best_bytes, last = -1.0, None, None
+    for epoch in fit(PEAKS_EARLY, splits):
+        last = epoch.epoch
+        if epoch.improved:
+            best_f1, best_bytes, best_epoch = epoch.metrics["val_f1"], io.BytesIO(), epoch.epoch
+            torch.save(epoch.training_state(), best_bytes)
+    assert best_epoch != last, "precondition: the best epoch is not the last"
+    best_bytes.seek(0)
+    expected = evaluate(model_from_checkpoint(torch.load(best_bytes, weights_only=True)), splits.test)
+    [row] = reseed(PEAKS_EARLY, splits, [PEAKS_EARLY["seed"]])
+    assert row["val_f1"] == best_f1
+    assert (row["test_accuracy"], row["test_f1_macro"]) == (expected["acc"], expected["f1"])

@@ -110,7 +110,7 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(real_small, tmp_pa
     full = [without_timing(e.metrics) for e in fit(cfg, real_small)]
     for epoch in fit(cfg, real_small):
         if epoch.epoch == 2:
-            save_checkpoint(epoch.checkpoint(), tmp_path / "ckpt.pt")
+            save_checkpoint(epoch.training_state(), tmp_path / "ckpt.pt")
             break
     resumed = [without_timing(e.metrics)
                for e in fit(cfg, real_small, resume=load_checkpoint(tmp_path / "ckpt.pt"))]
@@ -120,7 +120,7 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(real_small, tmp_pa
 
 def test_checkpoint_round_trip_with_weights_only(real_small, tmp_path):
     epoch = next(iter(fit({**SMALL, "epochs": 2}, real_small)))
-    state = epoch.checkpoint()
+    state = epoch.training_state()
     save_checkpoint(state, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)
     assert loaded["epoch"] == 1 and loaded["config"] == make_config({**SMALL, "epochs": 2})
@@ -133,8 +133,33 @@ def test_checkpoint_round_trip_with_weights_only(real_small, tmp_path):
         check_checkpoint(loaded, "0" * 64)
 
 
+# lr 1e-2, seed 0 on the 1,500/400 subset: val macro-F1 peaks in epoch 3 of 4, then falls
+PEAKS_EARLY = {**SMALL, "epochs": 4, "seed": 0, "lr": 1e-2, "patience": 0}
+
+
+def test_a_kept_training_state_holds_that_epochs_weights_not_the_live_ones(real_small):
+    kept, val_f1 = {}, {}
+    for epoch in fit(PEAKS_EARLY, real_small):
+        kept[epoch.epoch], val_f1[epoch.epoch] = epoch.training_state(), epoch.metrics["val_f1"]
+    assert max(val_f1, key=val_f1.get) != 4, "precondition: the best epoch is not the last"
+    for n, state in kept.items():
+        # the fused optimizer updates the live weights in place: only a copy keeps epoch n's
+        again = evaluate(model_from_checkpoint(state), real_small.val, SMALL["eval_batch_size"])
+        assert again["f1"] == val_f1[n], n
+
+
+def test_a_training_state_asked_for_after_the_loop_went_on_is_refused(real_small):
+    loop = fit({**SMALL, "epochs": 2}, real_small)
+    first = next(loop)
+    first.training_state()  # while current: fine
+    second = next(loop)
+    with pytest.raises(RuntimeError, match="after the loop went on"):
+        first.training_state()
+    assert second.training_state()["epoch"] == 2  # the last epoch's stays valid after the loop
+
+
 def test_truncated_or_tampered_checkpoint_is_refused(real_small, tmp_path):
-    state = next(iter(fit({**SMALL, "epochs": 1}, real_small))).checkpoint()
+    state = next(iter(fit({**SMALL, "epochs": 1}, real_small))).training_state()
     save_checkpoint(state, tmp_path / "c.pt")
     data = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
@@ -171,7 +196,7 @@ def test_balanced_class_weights_give_every_class_the_same_total_weight():
 def test_class_weighting_makes_the_model_predict_rare_classes_more(real_small):
     def rare_predictions(power):
         *_, last = fit({**SMALL, "epochs": 2, "class_weight_power": power}, real_small)
-        model = model_from_checkpoint(last.checkpoint())
+        model = model_from_checkpoint(last.training_state())
         pred = evaluate(model, real_small.val)["logits"].argmax(1)
         return int(((pred == 2) | (pred == 5)).sum())  # love, surprise
 
@@ -192,7 +217,7 @@ def test_non_finite_loss_stops_cleanly_with_a_status(real_small, monkeypatch):
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
                         lambda self, x, y: (x.sum() * float("nan")))
     epochs = list(fit({**SMALL, "epochs": 3}, real_small))
-    assert len(epochs) == 1 and epochs[0].status == "nan" and epochs[0].stop
+    assert len(epochs) == 1 and epochs[0].status == "diverged" and epochs[0].stop
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -213,6 +238,32 @@ def test_cli_trains_reproducibly_and_prints_json_last(prepared_root, tmp_path):
     assert log.read_text().splitlines()[0].startswith("epoch,train_loss,val_loss,val_acc,val_f1")
 
 
+def test_cli_accepts_a_search_winners_file_and_a_trials_params(prepared_root, tmp_path):
+    from model.train import trial_seed
+
+    params = {"embedding_dim": 16, "hidden_size": 16, "batch_size": 256, "epochs": 1,
+              "search_seed": 7, "threads": 1, "device": "cpu"}
+    seed = trial_seed(params)
+    best_config = {"trial_id": "x", "val_f1": 0.5, "config": {**params, "seed": 5}}
+    del best_config["config"]["search_seed"]
+    for doc, expected_seed in ((params, seed), (best_config, 5)):
+        f = tmp_path / "doc.json"
+        f.write_text(json.dumps(doc))
+        proc = run_cli("model.train", "--config", str(f), "--subset", "300", root=prepared_root)
+        assert proc.returncode == 0, proc.stderr
+        ckpt = load_checkpoint(prepared_root / json.loads(proc.stdout.splitlines()[-1])["checkpoint"])
+        assert ckpt["config"]["seed"] == expected_seed and ckpt["config"]["hidden_size"] == 16
+
+
+def test_the_trial_seed_depends_on_the_hyperparameters_not_the_run_settings():
+    from model.train import trial_seed
+
+    base = {"hidden_size": 64, "lr": 0.003, "search_seed": 1}
+    assert trial_seed(base) == trial_seed({**base, "epochs": 20, "threads": 4, "device": "cuda"})
+    assert trial_seed(base) != trial_seed({**base, "lr": 0.004})
+    assert trial_seed(base) != trial_seed({**base, "search_seed": 2})
+
+
 @pytest.mark.parametrize("config,needle", [
     ({"hiden_size": 8}, "'hiden_size'"), ({"pooling": "attention"}, "'pooling'"),
     ({"lr": -1}, "'lr'"), ({"bidirectional": "yes"}, "'bidirectional'")])
@@ -229,3 +280,20 @@ def test_cli_without_processed_data_says_run_dataprep(root):
     assert proc.returncode == 1 and "python -m dataprep" in proc.stderr
     proc = run_cli("model.train", "--epochs", "0", root=root)
     assert proc.returncode == 2 and "--epochs" in proc.stderr
+
+
+def test_the_declared_torch_floor_has_the_cpu_fused_adamw_the_loop_uses():
+    import re
+
+    import tomllib
+    from packaging.version import Version
+
+    from tests.conftest import REPO
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(re.match(r"torch>=([\d.]+)", d) for d in deps if d.startswith("torch"))
+    # torch 2.4's release added the fused Adam/AdamW/SGD kernels for the CPU; before it,
+    # AdamW(fused=True) on CPU parameters raises
+    assert floor and Version(floor[1]) >= Version("2.4")
+    params = [torch.nn.Parameter(torch.ones(3))]
+    torch.optim.AdamW(params, fused=True).step()  # and the installed one has them

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dataprep.schema import UsageError
+from model.train import load_checkpoint
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
 from tuning import space as space_mod
 
@@ -95,6 +96,10 @@ def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
     assert default.sum() == 1
     best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
     assert best["val_f1"] == pytest.approx(table["best_val_f1"].max())
+    # the terminal shows the progress, not a wall of "snapshotting may become a bottleneck"
+    log = (root / "search.log").read_text()
+    assert "4 trials, 2 at once" in log and "Trial status:" in log
+    assert "may become a bottleneck" not in log
     exp = root / "ray_results" / "tiny"
     trial_dirs = sorted(exp.glob("trial_*"))
     assert len(trial_dirs) == 4
@@ -104,8 +109,8 @@ def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
         assert progress["epoch"].tolist() == list(range(1, len(progress) + 1))
         assert progress["val_f1"].notna().all()
         assert list(d.glob("events.out.tfevents.*")), "TensorBoard events per trial"
-        # at most the best and the latest checkpoint are kept
-        assert 1 <= len(list(d.glob("checkpoint_*"))) <= 2
+        # every epoch's checkpoint is kept (a cap forces an experiment snapshot per checkpoint)
+        assert len(list(d.glob("checkpoint_*"))) == len(progress)
 
 
 @slow
@@ -128,6 +133,82 @@ def test_a_trial_that_crashes_is_retried_from_its_checkpoint(prepared_root, tmp_
         # each trial failed once after epoch 1, and went on from that epoch's checkpoint
         assert "injected fault after epoch 1" in (d / "error.txt").read_text()
         assert pd.read_csv(d / "progress.csv")["epoch"].tolist() == [1, 2]
+
+
+@slow
+def test_a_diverged_trial_ends_once_with_its_own_status_and_the_search_goes_on(prepared_root,
+                                                                              tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    args = ["--samples", "3", "--max-epochs", "3", "--grace-period", "3", "--name", "diverging",
+            *SEARCH_SMALL]
+    # every trial's training loss reads as NaN from epoch 2 on
+    fault = {"EMOTION_FAULT_DIVERGE_EPOCH": "2"}
+    proc = run_cli("tuning.search", *args, root=root, env=fault)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = trials_csv(root, "diverging")
+    assert len(table) == 3 and (table["status"] == "diverged").all()
+    assert (table["epochs_run"] == 2).all() and (table["last_val_f1"] == 0.0).all()
+    assert (table["best_val_f1"] > 0.0).all()  # epoch 1 was fine and stays ranked
+    assert "best trial" in proc.stderr
+    exp = root / "ray_results" / "diverging"
+    before = {}
+    for d in exp.glob("trial_*"):
+        assert not (d / "error.txt").exists(), "a diverged trial is not an error to retry"
+        before[d.name] = (d / "progress.csv").read_bytes()
+        assert pd.read_csv(d / "progress.csv")["epoch"].tolist() == [1, 2]
+    # resuming the finished experiment runs none of them again
+    proc = run_cli("tuning.search", *args, "--resume", root=root, env=fault)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {d.name: (d / "progress.csv").read_bytes() for d in exp.glob("trial_*")} == before
+
+
+@slow
+def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_path):
+    """Pinned to one CPU (taskset), the search runs one trial at once whatever the machine has,
+    and it tells how to get past the dashboard's token prompt."""
+    import socket
+
+    assert (os.cpu_count() or 1) > 1, "precondition: a machine of several CPUs"
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("tuning.search", "--samples", "1", "--max-epochs", "1", "--name", "pinned",
+                   "--subset", "300", "--dashboard-port", str(port), root=root,
+                   prefix=("taskset", "-c", "0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 trials, 1 at once" in proc.stderr
+    assert json.loads((root / "artifacts/search/pinned/search_options.json").read_text())[
+        "concurrency"] == 1
+    hint = next(line for line in proc.stderr.splitlines() if line.startswith("Ray dashboard:"))
+    assert f"127.0.0.1:{port}" in hint and "ray get-auth-token" in hint
+    assert "RAY_AUTH_MODE=token" in hint
+
+
+def test_default_concurrency_fits_the_clusters_resources():
+    from tuning.search import default_concurrency
+
+    assert default_concurrency({"CPU": 8.0}, 2, 0.0) == 4
+    assert default_concurrency({"CPU": 8.0, "GPU": 1.0}, 1, 0.5) == 2
+    assert default_concurrency({"CPU": 1.0}, 4, 0.0) == 1  # one trial waits for nothing less
+
+
+@slow
+def test_the_winner_retrains_from_its_best_config_and_its_params_to_the_same_numbers(
+        tiny_experiment):
+    root = tiny_experiment
+    best_file = root / "artifacts/search/tiny/best_config.json"
+    best = json.loads(best_file.read_text())
+    trial_dir = root / "ray_results/tiny" / f"trial_{best['trial_id']}"
+    curve = pd.read_csv(trial_dir / "progress.csv")["val_f1"].tolist()
+    for config_file in (best_file, trial_dir / "params.json"):
+        proc = run_cli("model.train", "--config", str(config_file), "--subset", "1500", root=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.splitlines()[-1])
+        log = pd.read_csv((root / summary["checkpoint"]).parent / "log.csv")
+        # the search may have stopped it early; the retrain runs on from the same numbers
+        assert log["val_f1"].tolist()[:len(curve)] == curve, config_file.name
+        assert load_checkpoint(root / summary["checkpoint"])["config"]["seed"] == best["seed"]
 
 
 def _finished_progress(exp, max_epochs):

@@ -8,10 +8,11 @@ import pandas as pd
 from ray.tune import ExperimentAnalysis
 
 from dataprep.schema import DataError
-from model.train import DEFAULTS
+from model.train import DEFAULTS, HYPERPARAMETERS
 
 METRIC, MODE = "val_f1", "max"
-HYPERPARAMS = [k for k in DEFAULTS if k not in ("seed", "threads", "device", "eval_batch_size")]
+# trials.csv's columns of configuration: every hyperparameter, and the epochs a trial could run
+CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
 
 
 def load_experiment(exp_dir: Path) -> ExperimentAnalysis:
@@ -32,8 +33,8 @@ def _status(trial, history: pd.DataFrame | None, max_epochs: int) -> str:
     if last is None:
         return "no_result"
     own = last.get("status")
-    if own in ("completed", "early_stopped"):
-        return own  # ran to max epochs / stopped by its own patience
+    if own in ("completed", "early_stopped", "diverged"):
+        return own  # ran to max epochs / stopped by its own patience / its loss became NaN
     return "asha_stopped" if int(last["epoch"]) < max_epochs else "completed"
 
 
@@ -47,7 +48,7 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         cfg = trial.config
         row = {"trial_id": trial.trial_id,
                "status": _status(trial, history if has else None, cfg.get("epochs", 0))}
-        row.update({k: cfg.get(k, DEFAULTS[k]) for k in HYPERPARAMS})
+        row.update({k: cfg.get(k, DEFAULTS[k]) for k in CONFIG_COLUMNS})
         row["seed"] = int(history["seed"].iloc[-1]) if has and "seed" in history else None
         if has:
             best = history[METRIC].idxmax()

@@ -31,14 +31,14 @@ OPTIONS_FILE = "search_options.json"
 
 
 def parse_args(argv=None):
-    cpus = os.cpu_count() or 1
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=positive_int, default=50, help="trials to run (default 50)")
     ap.add_argument("--max-epochs", type=positive_int, default=6,
                     help="epochs per trial at most, and the length of each trial's cosine LR "
                          "schedule; ASHA's max_t (default 6)")
     ap.add_argument("--concurrency", type=positive_int, default=None,
-                    help="trials at once (default: CPUs / --cpus-per-trial)")
+                    help="trials at once (default: the Ray cluster's CPUs / --cpus-per-trial, "
+                         "and GPUs / --gpus-per-trial when given)")
     ap.add_argument("--cpus-per-trial", type=positive_int, default=1,
                     help="CPUs (and torch threads) per trial (default 1)")
     ap.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
@@ -77,9 +77,23 @@ def parse_args(argv=None):
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
     if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
         ap.error(f"argument --name: {args.name!r} is not a plain folder name")
-    if args.concurrency is None:
-        args.concurrency = max(1, cpus // args.cpus_per_trial)
     return args
+
+
+def default_concurrency(resources: dict, cpus_per_trial: int, gpus_per_trial: float) -> int:
+    """Trials that fit at once in the cluster's resources (what `ray.cluster_resources()` says)."""
+    fits = int(resources.get("CPU", 1) // cpus_per_trial)
+    if gpus_per_trial > 0:
+        fits = min(fits, int(resources.get("GPU", 0) // gpus_per_trial))
+    return max(1, fits)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cpusets), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # ---- building the Tuner -----------------------------------------------------------------------
@@ -135,9 +149,12 @@ def make_tuner(opts: dict, trainable, storage: str):
         run_config=tune.RunConfig(
             name=opts["name"],
             storage_path=storage,
-            # keep the best checkpoint by val_f1 (Tune also keeps the latest, for resuming)
+            # Every epoch's checkpoint is kept (~15-25 MB each). A cap (num_to_keep=K) makes Tune
+            # snapshot the whole experiment state each time a trial has written K checkpoints
+            # since the last snapshot, before it deletes one: with K=1 and epochs of a few
+            # seconds that was a snapshot, and a "may become a bottleneck" warning, every epoch.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_f1", checkpoint_score_order="max"),
+                num_to_keep=None, checkpoint_score_attribute="val_f1", checkpoint_score_order="max"),
             # a crashed trial restarts from its last checkpoint, up to twice
             failure_config=tune.FailureConfig(max_failures=2),
         ),
@@ -147,22 +164,37 @@ def make_tuner(opts: dict, trainable, storage: str):
 # ---- running ----------------------------------------------------------------------------------
 
 def start_ray(args) -> None:
+    """Join the cluster at --address, or start a local one; say where its dashboard is."""
     import ray
 
     if args.address:
-        ray.init(address=args.address, log_to_driver=True)
-        return
-    kwargs = {"include_dashboard": not args.no_dashboard}
-    if not args.no_dashboard:
-        kwargs.update(dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
-    ctx = ray.init(**kwargs)
+        ctx = ray.init(address=args.address, log_to_driver=True)
+    else:
+        kwargs = {"include_dashboard": not args.no_dashboard}
+        if not args.no_dashboard:
+            kwargs.update(dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
+        # Ray counts the machine's CPUs (and cgroup quotas) but not this process's affinity mask
+        if usable_cpus() < (os.cpu_count() or 1):
+            kwargs["num_cpus"] = usable_cpus()
+        ctx = ray.init(**kwargs)
     url = getattr(ctx, "dashboard_url", None)
     if url:
-        token = Path.home() / ".ray" / "auth_token"
-        how = (f"token auth is on: paste the token from `ray get-auth-token` ({token}) when the "
-               f"browser asks; API calls need 'Authorization: Bearer <token>'"
-               if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "no token needed")
-        print(f"Ray dashboard: http://{url} ({how})", file=sys.stderr)
+        print(f"Ray dashboard: http://{url} ({dashboard_login_hint()})", file=sys.stderr)
+
+
+def dashboard_login_hint() -> str:
+    """How to get past the dashboard's login, as Ray 2.60 configures it."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        token_auth = is_token_auth_enabled()
+    except ImportError:  # another Ray release: go by the documented switch
+        token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    if not token_auth:
+        return "no token needed"
+    return (f"token auth is on: paste the token from `ray get-auth-token` "
+            f"({Path.home() / '.ray' / 'auth_token'} on the head node) when the browser asks; "
+            f"API calls need 'Authorization: Bearer <token>'; the ray CLI needs RAY_AUTH_MODE=token")
 
 
 @contextlib.contextmanager
@@ -186,6 +218,7 @@ def latest_experiment(storage: Path) -> Path | None:
 
 def write_reports(exp_dir: Path, out_dir: Path) -> object:
     from tuning.results import best_trial, load_experiment, trials_frame
+    from tuning.trainable import model_config
 
     analysis = load_experiment(exp_dir)
     table = trials_frame(analysis)
@@ -194,9 +227,11 @@ def write_reports(exp_dir: Path, out_dir: Path) -> object:
     if len(finished):
         trial, _ = best_trial(analysis)
         row = table[table["trial_id"] == trial.trial_id].iloc[0]
+        # "config" is what the winner trained with, its seed included: `python -m model.train
+        # --config best_config.json` retrains it to the same numbers
         best = {"trial_id": trial.trial_id, "val_f1": float(row["best_val_f1"]),
                 "epoch": int(row["best_epoch"]), "seed": int(row["seed"]),
-                "config": {k: v for k, v in trial.config.items()}}
+                "config": model_config(trial.config)}
         write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
     return table
 
@@ -249,7 +284,6 @@ def main(argv=None) -> int:
                 "subset")}
             opts["name"] = name
             opts["points"] = points
-            write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
 
         if local_storage is not None:  # fail here, not after Ray has started
             (local_storage / name).mkdir(parents=True, exist_ok=True)
@@ -259,6 +293,15 @@ def main(argv=None) -> int:
         if opts["subset"]:
             splits = splits.head(opts["subset"], opts["subset"])
         start_ray(args)
+        if not args.resume:
+            if opts["concurrency"] is None:  # what the cluster holds, known once Ray is up
+                import ray
+
+                opts["concurrency"] = default_concurrency(
+                    ray.cluster_resources(), opts["cpus_per_trial"], opts["gpus_per_trial"])
+            write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
+        print(f"{opts['samples']} trials, {opts['concurrency']} at once, {opts['cpus_per_trial']} "
+              f"CPU(s) each", file=sys.stderr)
         trainable = make_trainable(splits, opts["cpus_per_trial"], opts["gpus_per_trial"])
         if args.resume:
             print(f"resuming {name}: finished trials are kept, unfinished and errored ones "

@@ -17,7 +17,7 @@ from pathlib import Path
 from ray import tune
 
 from dataprep.schema import UsageError
-from model.train import DEFAULTS, make_config
+from model.train import DEFAULTS, RUN_KEYS, SEARCH_SEED_KEY, make_config
 
 # Sized for the default budget (50 trials in about 10 minutes on 2 cores): one recurrent layer
 # and widths up to 192 cost at most ~2x the default BiLSTM per epoch. Wider or deeper models
@@ -46,8 +46,8 @@ KNOWN_GOOD = [
     {"embedding_dim": 128, "hidden_size": 192, "bidirectional": False, "embedding_dropout": 0.25,
      "dropout": 0.5, "lr": 7e-3, "weight_decay": 5e-5, "batch_size": 64},
 ]
-# Set by the search itself, never searched: seed, threads and epochs come from its flags.
-NOT_SEARCHABLE = {"seed", "threads", "epochs", "device"}
+# Set by the search itself, never searched: seed, threads, epochs and device come from its flags.
+NOT_SEARCHABLE = set(RUN_KEYS)
 KINDS = ("loguniform", "uniform", "int", "choice")
 
 
@@ -179,7 +179,7 @@ def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
     searched = []
     for i, point in enumerate(points, 1):
         where_i = f"{where}: point {i}"
-        unknown = sorted(set(point) - set(space) - NOT_SEARCHABLE - {"search_seed"})
+        unknown = sorted(set(point) - set(space) - NOT_SEARCHABLE - {SEARCH_SEED_KEY})
         if unknown:
             raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
         point = {k: v for k, v in point.items() if k in space}
