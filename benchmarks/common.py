@@ -34,15 +34,23 @@ def trials_in_start_order(exp_dir) -> list[tuple[dict, object]]:
     return [(params, progress) for _, params, progress in trials]
 
 
+# Ray Tune's warning when it snapshots the experiment state too often (issue #11 counted ~75 in a
+# default run): every benchmark search counts them, so a regression shows in its figures
+SNAPSHOT_WARNING = "may become a bottleneck"
+snapshot_warnings: dict[str, int] = {}
+
+
 def run_search(name: str, samples: int, flags: list[str]) -> float:
     """`python -m tuning.search` without the dashboard, timed end to end; a failed search ends the
-    benchmark with the search's last lines of stderr (exit 1)."""
+    benchmark with the search's last lines of stderr (exit 1). Counts its snapshot warnings in
+    `snapshot_warnings[name]`."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tuning.search", "--samples", str(samples),
                            "--name", name, "--no-dashboard", *flags],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
+    snapshot_warnings[name] = proc.stderr.count(SNAPSHOT_WARNING)
     return time.perf_counter() - start
 
 
