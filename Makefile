@@ -33,7 +33,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check dataprep model tuning tests benchmarks
+	$(VENV)/bin/ruff check plumbing dataprep model tuning tests benchmarks
 
 bench: data  # one epoch's throughput (about a minute)
 	$(PY) benchmarks/train_throughput.py

@@ -30,7 +30,7 @@ from common import (  # benchmarks/common.py
     trials_in_start_order,
 )
 
-from dataprep.paths import paths
+from plumbing.paths import paths
 
 
 def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame, list[dict]]:

@@ -18,9 +18,10 @@ from pathlib import Path
 from common import cpu_model, finish  # benchmarks/common.py (scripts run from this folder)
 from torch.profiler import ProfilerActivity, profile
 
-from dataprep.paths import paths
+from model.config import TrainConfig
 from model.data import load_processed
-from model.train import fit, make_config
+from model.loop import train_epochs
+from plumbing.paths import paths
 from tuning.space import KNOWN_GOOD
 
 
@@ -29,9 +30,9 @@ def main() -> int:
     ap.add_argument("--config", help="JSON config overrides instead of the known-good LSTM")
     args = ap.parse_args()
     overrides = json.loads(Path(args.config).read_text()) if args.config else KNOWN_GOOD[1]
-    cfg = make_config({**overrides, "epochs": 6, "threads": 1})
+    cfg = TrainConfig.from_flat({**overrides, "epochs": 6, "threads": 1})
     splits = load_processed(paths())
-    epochs = fit(cfg, splits)
+    epochs = train_epochs(cfg, splits)
     next(epochs)  # warm-up epoch
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()

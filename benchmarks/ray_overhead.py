@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from common import cpu_model, finish, run_search, trials_in_start_order  # benchmarks/common.py
 
-from dataprep.paths import paths
+from plumbing.paths import paths
 
 _SPLITS = None
 
@@ -44,11 +44,11 @@ def _load(subset: int | None):
 def _train(config: dict, epochs: int) -> tuple[list[float], float]:
     """val_f1 of each of the first `epochs` epochs of the trial (its schedule still spans all),
     and the seconds those epochs took (training and validation, as `epoch_s` under Ray)."""
-    from model.train import fit
-    from tuning.trainable import model_config
+    from model.config import from_trial_params
+    from model.loop import train_epochs
 
     curve, seconds = [], 0.0
-    for epoch in fit(model_config(config), _SPLITS):
+    for epoch in train_epochs(from_trial_params(config), _SPLITS):
         curve.append(epoch.metrics["val_f1"])
         seconds += epoch.metrics["epoch_s"]
         if len(curve) == epochs:

@@ -21,7 +21,7 @@ import time
 import pandas as pd
 from common import cpu_model, finish, run_search  # benchmarks/common.py (scripts run from here)
 
-from dataprep.paths import paths
+from plumbing.paths import paths
 
 
 def cpu_times() -> tuple[float, float]:

@@ -18,9 +18,10 @@ import time
 import torch
 from common import cpu_model, finish  # benchmarks/common.py (scripts run from this folder)
 
-from dataprep.paths import paths
+from model.config import TrainConfig
 from model.data import bucketed_batches, load_processed
-from model.train import fit, make_config
+from model.loop import train_epochs
+from plumbing.paths import paths
 
 REFERENCE = {"rnn": "lstm", "bidirectional": True, "num_layers": 1, "embedding_dim": 128,
              "hidden_size": 128, "batch_size": 64, "threads": 1, "epochs": 1, "pooling": "max"}
@@ -40,20 +41,20 @@ def matmul_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
 def main() -> int:
     torch.set_num_threads(1)
     splits = load_processed(paths())
-    cfg = make_config(REFERENCE)
+    cfg = TrainConfig.from_flat(REFERENCE)
     tokens = int(splits.train.lengths.sum())
-    E, H = cfg["embedding_dim"], cfg["hidden_size"]
-    dirs = 2 if cfg["bidirectional"] else 1
+    E, H = cfg.model.embedding_dim, cfg.model.hidden_size
+    dirs = 2 if cfg.model.bidirectional else 1
     flops = 3 * (tokens * dirs * 2 * 4 * H * (E + H) + len(splits.train) * 2 * dirs * H * 6)
 
-    # padding the bucketed batches of epoch 1 carry (the same generator seed as fit uses)
-    gen = torch.Generator().manual_seed(cfg["seed"] * 100_003 + 1)
+    # padding the bucketed batches of epoch 1 carry (the same generator seed as the loop uses)
+    gen = torch.Generator().manual_seed(cfg.run.seed * 100_003 + 1)
     lengths = splits.train.lengths
     padding = sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum())
-                  for b in bucketed_batches(lengths, cfg["batch_size"], gen))
+                  for b in bucketed_batches(lengths, cfg.optim.batch_size, gen))
     runs = []
     for _ in range(2):  # the first epoch also warms up allocators and kernels
-        epoch = next(iter(fit(cfg, splits)))
+        epoch = next(iter(train_epochs(cfg, splits)))
         runs.append(epoch.metrics)
     m = max(runs, key=lambda r: r["sentences_per_s"])
     train_s = len(splits.train) / m["sentences_per_s"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 from dataprep import build
-from dataprep.cli import ArgumentParser, positive_int, run_main
-from dataprep.paths import paths
-from dataprep.schema import UsageError
+from plumbing.cli import ArgumentParser, positive_int, run_main
+from plumbing.errors import UsageError
+from plumbing.paths import paths
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,6 @@ leaves a half-written or mixed set behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -19,27 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataprep import sources
-from dataprep.atomic import atomic_path
-from dataprep.paths import Paths
-from dataprep.schema import LABELS, PROCESSED_NAME, SPLITS, DataError
-from dataprep.vocab import Vocab, file_sha256
+from dataprep.schema import LABELS, PROCESSED_NAME, SPLITS
+from dataprep.vocab import Vocab
+from plumbing.errors import DataError
+from plumbing.files import atomic_path, file_lock, sha256_file
+from plumbing.paths import Paths
 
 FORMAT = 1  # bump when the processed layout changes, so old outputs are rebuilt
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_file: Path, log=print):
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another dataprep run holds {lock_file}; waiting for it to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_raw(source: Path | None, p: Paths, log=print) -> tuple[dict, dict[str, str], str]:
@@ -49,7 +34,7 @@ def load_raw(source: Path | None, p: Paths, log=print) -> tuple[dict, dict[str, 
         return raw, files, f"folder {source}"
     if all(p.raw_split(s).is_file() for s in SPLITS):
         raw = {s: sources.read_table(p.raw_split(s)) for s in SPLITS}
-        return raw, {str(p.raw_split(s)): file_sha256(p.raw_split(s)) for s in SPLITS}, "raw cache"
+        return raw, {str(p.raw_split(s)): sha256_file(p.raw_split(s)) for s in SPLITS}, "raw cache"
     log(f"no --source, no EMOTION_DATA_DIR and no raw cache: downloading {sources.HUB_DATASET}")
     return sources.read_hub(), {}, f"hub {sources.HUB_DATASET}"
 
@@ -100,7 +85,7 @@ def is_up_to_date(p: Paths, content: str, params: dict) -> bool:
                 FORMAT, content, params):
             return False
         recorded = manifest["outputs"]
-        return all(out.is_file() and recorded.get(_rel(out, p)) == file_sha256(out)
+        return all(out.is_file() and recorded.get(_rel(out, p)) == sha256_file(out)
                    for out in outputs_of(p))
     except (OSError, ValueError, KeyError, AttributeError):
         return False
@@ -114,7 +99,9 @@ def run(p: Paths, source: Path | None, *, force: bool = False, min_freq: int = 2
         max_vocab: int | None = None, log=print) -> str:
     """Build everything; return "built" or "up to date". Raises DataError on bad data."""
     params = {"min_freq": min_freq, "max_vocab": max_vocab}
-    with exclusive_lock(p.data_processed / ".dataprep.lock", log):
+    lock = p.data_processed / ".dataprep.lock"
+    with file_lock(lock, on_busy=lambda: log(f"another dataprep run holds {lock}; waiting for it "
+                                             f"to finish")):
         raw, input_files, origin = load_raw(source, p, log)
         for split in SPLITS:
             if len(raw[split]) == 0:
@@ -151,7 +138,7 @@ def run(p: Paths, source: Path | None, *, force: bool = False, min_freq: int = 2
                 "parameters": params,
                 "vocab_size": len(vocab),
                 "counts": counts,
-                "outputs": {_rel(out, p): file_sha256(tmp) for out, tmp in outputs.items()
+                "outputs": {_rel(out, p): sha256_file(tmp) for out, tmp in outputs.items()
                             if out.parent != p.data_raw},
             }
             manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -5,11 +5,3 @@ LABEL_IDS = {name: i for i, name in enumerate(LABELS)}
 SPLITS = ("train", "validation", "test")
 # processed file stem per split (data/processed/{train,val,test}.parquet)
 PROCESSED_NAME = {"train": "train", "validation": "val", "test": "test"}
-
-
-class DataError(Exception):
-    """Bad or missing input data: exit 1 with this one-line message."""
-
-
-class UsageError(Exception):
-    """A bad flag or argument: exit 2 with this one-line message."""

@@ -18,7 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataprep.schema import LABEL_IDS, LABELS, SPLITS, DataError
+from dataprep.schema import LABEL_IDS, LABELS, SPLITS
+from plumbing.errors import DataError
+from plumbing.files import sha256_file
 
 HUB_DATASET, HUB_CONFIG = "dair-ai/emotion", "split"
 # file stems accepted per split; the original release names validation "val.txt"
@@ -186,7 +188,7 @@ def read_folder(folder: Path) -> tuple[RawSplits, dict[str, str]]:
     for split, paths in files.items():
         frames = [read_txt(p) if p.suffix == ".txt" else read_table(p) for p in paths]
         raw[split] = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return raw, {str(p): _sha256(p.read_bytes()) for paths in files.values() for p in paths}
+    return raw, {str(p): sha256_file(p) for paths in files.values() for p in paths}
 
 
 def read_hub() -> RawSplits:
@@ -222,6 +224,3 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
     return pa.table({"text": pa.array(df["text"].tolist(), pa.string()),
                      "label": pa.array(df["label"].tolist(), pa.int64())})
 
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -1,7 +1,6 @@
 """Lowercase word tokeniser and a frequency-ordered vocabulary fit on the train split only."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -58,10 +57,3 @@ class Vocab:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(doc["itos"], doc.get("min_freq", 1), doc.get("max_vocab"))
 
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

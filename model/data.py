@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from dataprep.paths import Paths
-from dataprep.schema import DataError
-from dataprep.vocab import file_sha256
+from plumbing.errors import DataError
+from plumbing.files import sha256_file
+from plumbing.paths import Paths
 
 
 @dataclass
@@ -72,7 +72,7 @@ def load_processed(p: Paths, *, with_test: bool = False) -> Splits:
         raise DataError(f"no processed data ({', '.join(missing)} missing): run "
                         f"`python -m dataprep --source DIR` (or `make data`) first")
     vocab_size = json.loads(p.vocab.read_text())["size"]
-    return Splits(read_split(needed[0]), read_split(needed[1]), vocab_size, file_sha256(p.vocab),
+    return Splits(read_split(needed[0]), read_split(needed[1]), vocab_size, sha256_file(p.vocab),
                   read_split(p.processed_split("test")) if with_test else None)
 
 

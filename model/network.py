@@ -5,27 +5,24 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from model.config import ModelConfig
+
 NUM_CLASSES = 6
-POOLINGS = ("last", "mean", "max")
-RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
+RNN_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class EmotionClassifier(nn.Module):
-    def __init__(self, vocab_size: int, *, embedding_dim: int = 128, hidden_size: int = 128,
-                 num_layers: int = 1, bidirectional: bool = True, rnn: str = "lstm",
-                 pooling: str = "max", embedding_dropout: float = 0.1, rnn_dropout: float = 0.0,
-                 dropout: float = 0.3, num_classes: int = NUM_CLASSES):
+    def __init__(self, vocab_size: int, config: ModelConfig, num_classes: int = NUM_CLASSES):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.pooling = pooling
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.embedding_dropout = nn.Dropout(embedding_dropout)
-        self.rnn = RNNS[rnn](embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
-                             bidirectional=bidirectional,
-                             dropout=rnn_dropout if num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        self.pooling = config.pooling
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.rnn = RNN_LAYERS[config.rnn](
+            config.embedding_dim, config.hidden_size, num_layers=config.num_layers,
+            batch_first=True, bidirectional=config.bidirectional,
+            dropout=config.rnn_dropout if config.num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens: (batch, time) ids padded with 0; lengths: (batch,) on the CPU. Returns logits."""

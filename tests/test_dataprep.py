@@ -10,9 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataprep import build
-from dataprep.paths import paths
-from dataprep.schema import LABELS, DataError
-from dataprep.vocab import Vocab, file_sha256
+from dataprep.schema import LABELS
+from dataprep.vocab import Vocab
+from plumbing.errors import DataError
+from plumbing.files import sha256_file
+from plumbing.paths import paths
 from tests.conftest import real_data_dir, run_cli
 
 ROWS = {
@@ -51,7 +53,7 @@ def write_table(folder, kind, label_as="name", rows=ROWS, val_name="validation")
 
 def outputs_digest(root):
     p = paths(root)
-    return {str(f): file_sha256(f) for f in build.outputs_of(p) + [p.manifest]}
+    return {str(f): sha256_file(f) for f in build.outputs_of(p) + [p.manifest]}
 
 
 def prep(root, source, **kw):
@@ -118,8 +120,8 @@ def test_each_source_kind_builds_the_same_outputs(root, kind, label_as, val_name
     # the same rows from any kind of source give byte-identical parquet and vocab
     prep(reference, write_txt(reference / "src"), min_freq=1)
     for split in ("train", "val", "test"):
-        assert file_sha256(paths(root).processed_split(split)) == \
-            file_sha256(paths(reference).processed_split(split))
+        assert sha256_file(paths(root).processed_split(split)) == \
+            sha256_file(paths(reference).processed_split(split))
 
 
 def test_raw_cache_serves_later_runs_without_a_source(root):
@@ -229,8 +231,8 @@ def test_a_hub_snapshot_builds_the_same_outputs_as_the_release_files(root, shard
     reference = root / "ref"
     prep(reference, write_txt(reference / "src"), min_freq=1)
     for split in ("train", "val", "test"):
-        assert file_sha256(paths(root).processed_split(split)) == \
-            file_sha256(paths(reference).processed_split(split))
+        assert sha256_file(paths(root).processed_split(split)) == \
+            sha256_file(paths(reference).processed_split(split))
     manifest = json.loads(paths(root).manifest.read_text())
     assert len(manifest["inputs"]) == shards + 2
 
@@ -307,7 +309,7 @@ def test_two_runs_at_once_end_consistent(root):
     outputs = "".join(err for _, err in results)
     assert outputs.count("built data/processed") == 1 and outputs.count("nothing to do") == 1
     manifest = json.loads(paths(root).manifest.read_text())
-    assert all(file_sha256(root / k) == v for k, v in manifest["outputs"].items())
+    assert all(sha256_file(root / k) == v for k, v in manifest["outputs"].items())
 
 
 # ---- CLI --------------------------------------------------------------------------------------

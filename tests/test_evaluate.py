@@ -11,8 +11,8 @@ import torch
 
 from dataprep.schema import LABELS
 from dataprep.vocab import Vocab
+from model.checkpoint import model_from_checkpoint
 from model.data import EncodedSplit
-from model.train import model_from_checkpoint
 from tests.conftest import run_cli
 from tuning import space as space_mod
 
@@ -180,16 +180,16 @@ def test_predict_refuses_a_tampered_model(evaluated, tmp_path):
 def test_reseed_tests_the_best_epochs_weights_not_the_last_ones(prepared_root):
     import io
 
-    from dataprep.paths import paths
     from model.data import load_processed
-    from model.train import evaluate, fit
+    from model.loop import evaluate, train_epochs
+    from plumbing.paths import paths
     from tests.test_model import PEAKS_EARLY
     from tuning.evaluate_best import reseed
 
     splits = load_processed(paths(prepared_root), with_test=True).head(1500, 400)
     # the reference: the best epoch's weights written out as it happens (a true snapshot)
     best_f1, best_bytes, last = -1.0, None, None
-    for epoch in fit(PEAKS_EARLY, splits):
+    for epoch in train_epochs(PEAKS_EARLY, splits):
         last = epoch.epoch
         if epoch.improved:
             best_f1, best_bytes, best_epoch = epoch.metrics["val_f1"], io.BytesIO(), epoch.epoch

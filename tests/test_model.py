@@ -7,19 +7,17 @@ import math
 import pytest
 import torch
 
-from dataprep.paths import paths
-from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, load_processed
-from model.network import EmotionClassifier
-from model.train import (
+from model.checkpoint import (
     check_checkpoint,
-    class_weights,
-    evaluate,
-    fit,
     load_checkpoint,
-    make_config,
     model_from_checkpoint,
     save_checkpoint,
 )
+from model.config import ModelConfig, TrainConfig
+from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, load_processed
+from model.loop import class_weights, evaluate, train_epochs
+from model.network import EmotionClassifier
+from plumbing.paths import paths
 from tests.conftest import run_cli
 
 TIMING = {"sentences_per_s", "epoch_s"}
@@ -43,8 +41,8 @@ def without_timing(metrics: dict) -> dict:
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_logit_shapes_and_padding_never_changes_logits(rnn, pooling, bidirectional):
     torch.manual_seed(0)
-    net = EmotionClassifier(50, embedding_dim=8, hidden_size=12, num_layers=2, rnn=rnn,
-                            pooling=pooling, bidirectional=bidirectional).eval()
+    net = EmotionClassifier(50, ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, rnn=rnn,
+                                            pooling=pooling, bidirectional=bidirectional)).eval()
     tokens = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [3, 0, 0, 0, 0]])
     lengths = torch.tensor([3, 5, 1])
     logits = net(tokens, lengths)
@@ -61,7 +59,8 @@ def test_a_tiny_batch_is_learned_to_100_percent():
     torch.manual_seed(0)
     split = EncodedSplit.from_ids([[2, 3], [4, 5, 6], [7], [8, 9, 2, 3], [5, 5], [9, 8, 7]],
                                   [0, 1, 2, 3, 4, 5])
-    net = EmotionClassifier(12, embedding_dim=16, hidden_size=16, dropout=0.0, embedding_dropout=0)
+    net = EmotionClassifier(12, ModelConfig(embedding_dim=16, hidden_size=16, dropout=0.0,
+                                            embedding_dropout=0.0))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     for _ in range(100):
         loss = torch.nn.functional.cross_entropy(net(split.tokens, split.lengths), split.labels)
@@ -90,40 +89,40 @@ def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
 
 def test_same_config_and_seed_give_identical_metrics(real_small):
     cfg = {**SMALL, "epochs": 3, "seed": 7}
-    first = [without_timing(e.metrics) for e in fit(cfg, real_small)]
-    second = [without_timing(e.metrics) for e in fit(cfg, real_small)]
+    first = [without_timing(e.metrics) for e in train_epochs(cfg, real_small)]
+    second = [without_timing(e.metrics) for e in train_epochs(cfg, real_small)]
     assert first == second
     assert len(first) == 3
-    other_seed = [without_timing(e.metrics) for e in fit({**cfg, "seed": 8}, real_small)]
+    other_seed = [without_timing(e.metrics) for e in train_epochs({**cfg, "seed": 8}, real_small)]
     assert other_seed != first
 
 
 def test_training_learns_on_real_data(prepared_root):
     splits = load_processed(paths(prepared_root)).head(4000, 400)
-    epochs = list(fit({**SMALL, "epochs": 5, "lr": 1e-2}, splits))
+    epochs = list(train_epochs({**SMALL, "epochs": 5, "lr": 1e-2}, splits))
     assert epochs[-1].metrics["train_loss"] < epochs[0].metrics["train_loss"] / 2
     assert epochs[-1].metrics["val_acc"] > 0.7  # the majority class gets 0.35
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(real_small, tmp_path):
     cfg = {**SMALL, "epochs": 4, "seed": 3, "dropout": 0.5, "warmup_epochs": 0.5}
-    full = [without_timing(e.metrics) for e in fit(cfg, real_small)]
-    for epoch in fit(cfg, real_small):
+    full = [without_timing(e.metrics) for e in train_epochs(cfg, real_small)]
+    for epoch in train_epochs(cfg, real_small):
         if epoch.epoch == 2:
             save_checkpoint(epoch.training_state(), tmp_path / "ckpt.pt")
             break
     resumed = [without_timing(e.metrics)
-               for e in fit(cfg, real_small, resume=load_checkpoint(tmp_path / "ckpt.pt"))]
+               for e in train_epochs(cfg, real_small, resume=load_checkpoint(tmp_path / "ckpt.pt"))]
     assert [m["epoch"] for m in resumed] == [3, 4]
     assert resumed == full[2:]
 
 
 def test_checkpoint_round_trip_with_weights_only(real_small, tmp_path):
-    epoch = next(iter(fit({**SMALL, "epochs": 2}, real_small)))
+    epoch = next(iter(train_epochs({**SMALL, "epochs": 2}, real_small)))
     state = epoch.training_state()
     save_checkpoint(state, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)
-    assert loaded["epoch"] == 1 and loaded["config"] == make_config({**SMALL, "epochs": 2})
+    assert loaded["epoch"] == 1 and loaded["config"] == TrainConfig.from_flat({**SMALL, "epochs": 2}).to_flat()
     assert loaded["vocab_sha256"] == real_small.vocab_sha256
     model = model_from_checkpoint(loaded)
     original = model_from_checkpoint(state)
@@ -139,7 +138,7 @@ PEAKS_EARLY = {**SMALL, "epochs": 4, "seed": 0, "lr": 1e-2, "patience": 0}
 
 def test_a_kept_training_state_holds_that_epochs_weights_not_the_live_ones(real_small):
     kept, val_f1 = {}, {}
-    for epoch in fit(PEAKS_EARLY, real_small):
+    for epoch in train_epochs(PEAKS_EARLY, real_small):
         kept[epoch.epoch], val_f1[epoch.epoch] = epoch.training_state(), epoch.metrics["val_f1"]
     assert max(val_f1, key=val_f1.get) != 4, "precondition: the best epoch is not the last"
     for n, state in kept.items():
@@ -149,7 +148,7 @@ def test_a_kept_training_state_holds_that_epochs_weights_not_the_live_ones(real_
 
 
 def test_a_training_state_asked_for_after_the_loop_went_on_is_refused(real_small):
-    loop = fit({**SMALL, "epochs": 2}, real_small)
+    loop = train_epochs({**SMALL, "epochs": 2}, real_small)
     first = next(loop)
     first.training_state()  # while current: fine
     second = next(loop)
@@ -159,7 +158,7 @@ def test_a_training_state_asked_for_after_the_loop_went_on_is_refused(real_small
 
 
 def test_truncated_or_tampered_checkpoint_is_refused(real_small, tmp_path):
-    state = next(iter(fit({**SMALL, "epochs": 1}, real_small))).training_state()
+    state = next(iter(train_epochs({**SMALL, "epochs": 1}, real_small))).training_state()
     save_checkpoint(state, tmp_path / "c.pt")
     data = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
@@ -177,7 +176,7 @@ def test_truncated_or_tampered_checkpoint_is_refused(real_small, tmp_path):
 
 def test_early_stopping_after_patience_epochs_without_improvement(real_small):
     # a learning rate of ~0 leaves val macro-F1 unchanged: no epoch after the first improves
-    epochs = list(fit({**SMALL, "epochs": 10, "lr": 1e-12, "patience": 2}, real_small))
+    epochs = list(train_epochs({**SMALL, "epochs": 10, "lr": 1e-12, "patience": 2}, real_small))
     assert [e.epoch for e in epochs] == [1, 2, 3]
     assert epochs[-1].status == "early_stopped" and epochs[-1].stop
     assert [e.improved for e in epochs] == [True, False, False]
@@ -195,7 +194,7 @@ def test_balanced_class_weights_give_every_class_the_same_total_weight():
 
 def test_class_weighting_makes_the_model_predict_rare_classes_more(real_small):
     def rare_predictions(power):
-        *_, last = fit({**SMALL, "epochs": 2, "class_weight_power": power}, real_small)
+        *_, last = train_epochs({**SMALL, "epochs": 2, "class_weight_power": power}, real_small)
         model = model_from_checkpoint(last.training_state())
         pred = evaluate(model, real_small.val)["logits"].argmax(1)
         return int(((pred == 2) | (pred == 5)).sum())  # love, surprise
@@ -205,7 +204,7 @@ def test_class_weighting_makes_the_model_predict_rare_classes_more(real_small):
 
 def test_lr_follows_warmup_then_cosine_over_the_max_epochs(real_small):
     cfg = {**SMALL, "epochs": 4, "lr": 1e-3, "warmup_epochs": 1.0}
-    lrs = [e.metrics["lr"] for e in fit(cfg, real_small)]  # the lr at each epoch's start
+    lrs = [e.metrics["lr"] for e in train_epochs(cfg, real_small)]  # the lr at each epoch's start
     assert lrs[0] == pytest.approx(1e-6)          # warm-up starts at 1e-3 of the peak
     steps = count_batches(real_small.train.lengths, 32)
     cosine = [1e-3 * (1 + math.cos(math.pi * (e * steps - steps) / (3 * steps))) / 2
@@ -216,7 +215,7 @@ def test_lr_follows_warmup_then_cosine_over_the_max_epochs(real_small):
 def test_non_finite_loss_stops_cleanly_with_a_status(real_small, monkeypatch):
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
                         lambda self, x, y: (x.sum() * float("nan")))
-    epochs = list(fit({**SMALL, "epochs": 3}, real_small))
+    epochs = list(train_epochs({**SMALL, "epochs": 3}, real_small))
     assert len(epochs) == 1 and epochs[0].status == "diverged" and epochs[0].stop
 
 
@@ -239,7 +238,7 @@ def test_cli_trains_reproducibly_and_prints_json_last(prepared_root, tmp_path):
 
 
 def test_cli_accepts_a_search_winners_file_and_a_trials_params(prepared_root, tmp_path):
-    from model.train import trial_seed
+    from model.config import trial_seed
 
     params = {"embedding_dim": 16, "hidden_size": 16, "batch_size": 256, "epochs": 1,
               "search_seed": 7, "threads": 1, "device": "cpu"}
@@ -256,7 +255,7 @@ def test_cli_accepts_a_search_winners_file_and_a_trials_params(prepared_root, tm
 
 
 def test_the_trial_seed_depends_on_the_hyperparameters_not_the_run_settings():
-    from model.train import trial_seed
+    from model.config import trial_seed
 
     base = {"hidden_size": 64, "lr": 0.003, "search_seed": 1}
     assert trial_seed(base) == trial_seed({**base, "epochs": 20, "threads": 4, "device": "cuda"})

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataprep import build
-from dataprep.cli import run_main
-from dataprep.paths import paths
-from dataprep.schema import DataError
+from plumbing.cli import run_main
+from plumbing.errors import DataError
+from plumbing.paths import paths
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
 from tests.test_dataprep import ROWS, outputs_digest, write_txt
 from tests.test_search import _start_search, _stderr, _wait_for, trials_csv

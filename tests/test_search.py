@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from dataprep.schema import UsageError
-from model.train import load_checkpoint
+from model.checkpoint import load_checkpoint
+from plumbing.errors import UsageError
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
 from tuning import space as space_mod
 
@@ -186,7 +186,7 @@ def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_pat
 
 
 def test_default_concurrency_fits_the_clusters_resources():
-    from tuning.search import default_concurrency
+    from tuning.cluster import default_concurrency
 
     assert default_concurrency({"CPU": 8.0}, 2, 0.0) == 4
     assert default_concurrency({"CPU": 8.0, "GPU": 1.0}, 1, 0.5) == 2

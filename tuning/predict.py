@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from dataprep.cli import ArgumentParser, run_main
-from dataprep.paths import paths
-from dataprep.schema import LABELS, DataError
+from dataprep.schema import LABELS
 from dataprep.vocab import Vocab
+from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from model.data import EncodedSplit
-from model.train import CheckpointError, load_checkpoint, model_from_checkpoint
+from plumbing.cli import ArgumentParser, run_main
+from plumbing.errors import DataError
+from plumbing.paths import paths
 
 PROG = "python -m tuning.predict"
 

@@ -1,18 +1,27 @@
-"""Read a finished (or interrupted) experiment back: one row per trial, and the best trial."""
+"""Read a finished (or interrupted) experiment back: one row per trial, the best trial, the
+search's reports (trials.csv, best_config.json), and what mattered (hyperparameter importance)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from dataprep.schema import DataError
-from model.train import DEFAULTS, HYPERPARAMETERS
+from model.config import DEFAULTS, HYPERPARAMETERS, from_trial_params
+from plumbing.errors import DataError
+from plumbing.files import write_text
+from tuning.trainable import METRIC, MODE
 
-METRIC, MODE = "val_f1", "max"
 # trials.csv's columns of configuration: every hyperparameter, and the epochs a trial could run
 CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
+
+
+def latest_experiment(storage: Path) -> Path | None:
+    found = [p.parent for p in storage.glob("*/experiment_state-*.json")]
+    return max(found, key=lambda d: max(f.stat().st_mtime for f in d.glob("experiment_state-*.json")),
+               default=None)
 
 
 def load_experiment(exp_dir: Path) -> ExperimentAnalysis:
@@ -73,3 +82,47 @@ def best_trial(analysis: ExperimentAnalysis):
     if checkpoint is None:
         raise DataError(f"{analysis.experiment_path}: best trial {trial.trial_id} kept no checkpoint")
     return trial, checkpoint
+
+
+def write_reports(exp_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials."""
+    analysis = load_experiment(exp_dir)
+    table = trials_frame(analysis)
+    write_text(out_dir / "trials.csv", table.to_csv(index=False))
+    if (table["epochs_run"] > 0).any():
+        trial, _ = best_trial(analysis)
+        row = table[table["trial_id"] == trial.trial_id].iloc[0]
+        # "config" is what the winner trained with, its seed included: `python -m model.train
+        # --config best_config.json` retrains it to the same numbers
+        best = {"trial_id": trial.trial_id, "val_f1": float(row["best_val_f1"]),
+                "epoch": int(row["best_epoch"]), "seed": int(row["seed"]),
+                "config": from_trial_params(trial.config)}
+        write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
+    return table
+
+
+def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, float]:
+    """Optuna's fANOVA importance of each searched hyperparameter for the trials' best val_f1."""
+    import optuna
+
+    from tuning.space import to_optuna
+
+    dists = to_optuna(space)
+    done = trials[trials["best_val_f1"].notna()]
+    if len(done) < 3 or not dists:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for _, row in done.iterrows():
+        params = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in dists}
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                      value=float(row["best_val_f1"])))
+        except ValueError:  # a value outside the (overridden) space: leave that trial out
+            continue
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(
+            study, evaluator=evaluator).items()}
+    except (RuntimeError, ValueError):  # too few distinct trials
+        return {}

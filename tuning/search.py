@@ -5,8 +5,6 @@ store (tune.with_parameters), so trials read no files and a cluster needs no sha
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -14,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from dataprep.atomic import write_text
-from dataprep.cli import (
+from plumbing.cli import (
     ArgumentParser,
     non_negative_float,
     non_negative_int,
@@ -23,8 +20,9 @@ from dataprep.cli import (
     positive_int,
     run_main,
 )
-from dataprep.paths import Paths, paths
-from dataprep.schema import UsageError
+from plumbing.errors import UsageError
+from plumbing.files import file_lock, write_text
+from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
 OPTIONS_FILE = "search_options.json"
@@ -80,160 +78,13 @@ def parse_args(argv=None):
     return args
 
 
-def default_concurrency(resources: dict, cpus_per_trial: int, gpus_per_trial: float) -> int:
-    """Trials that fit at once in the cluster's resources (what `ray.cluster_resources()` says)."""
-    fits = int(resources.get("CPU", 1) // cpus_per_trial)
-    if gpus_per_trial > 0:
-        fits = min(fits, int(resources.get("GPU", 0) // gpus_per_trial))
-    return max(1, fits)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (taskset, cpusets), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# ---- building the Tuner -----------------------------------------------------------------------
-
-def make_trainable(splits, cpus_per_trial: int, gpus_per_trial: float):
-    from ray import tune
-
-    from tuning.trainable import train_trial
-
-    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
-
-
-def make_tuner(opts: dict, trainable, storage: str):
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tuning import space as space_mod
-
-    space = space_mod.load_space(opts["space"])
-    param_space = space_mod.to_tune(space)
-    # fixed per search: every trial gets these as plain values (not searched)
-    param_space.update(
-        epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
-        device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
-    searcher = OptunaSearch(
-        points_to_evaluate=(opts.get("points") if opts.get("points") is not None
-                            else space_mod.known_good_points(space)),
-        sampler=optuna.samplers.TPESampler(seed=opts["seed"]),
-        study_name=opts["name"],
-        storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
-    )
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=opts["max_epochs"],
-                              grace_period=opts["grace_period"],
-                              reduction_factor=opts["reduction_factor"])
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric="val_f1", mode="max",
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["concurrency"]),
-            scheduler=scheduler,
-            num_samples=opts["samples"],
-            time_budget_s=opts["time_budget_s"],
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-            # a new trial reuses a finished trial's worker: no new process importing torch and
-            # fetching the splits again for each of the 50 trials
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=opts["name"],
-            storage_path=storage,
-            # Every epoch's checkpoint is kept (~15-25 MB each). A cap (num_to_keep=K) makes Tune
-            # snapshot the whole experiment state each time a trial has written K checkpoints
-            # since the last snapshot, before it deletes one: with K=1 and epochs of a few
-            # seconds that was a snapshot, and a "may become a bottleneck" warning, every epoch.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=None, checkpoint_score_attribute="val_f1", checkpoint_score_order="max"),
-            # a crashed trial restarts from its last checkpoint, up to twice
-            failure_config=tune.FailureConfig(max_failures=2),
-        ),
-    )
-
-
-# ---- running ----------------------------------------------------------------------------------
-
-def start_ray(args) -> None:
-    """Join the cluster at --address, or start a local one; say where its dashboard is."""
-    import ray
-
-    if args.address:
-        ctx = ray.init(address=args.address, log_to_driver=True)
-    else:
-        kwargs = {"include_dashboard": not args.no_dashboard}
-        if not args.no_dashboard:
-            kwargs.update(dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
-        # Ray counts the machine's CPUs (and cgroup quotas) but not this process's affinity mask
-        if usable_cpus() < (os.cpu_count() or 1):
-            kwargs["num_cpus"] = usable_cpus()
-        ctx = ray.init(**kwargs)
-    url = getattr(ctx, "dashboard_url", None)
-    if url:
-        print(f"Ray dashboard: http://{url} ({dashboard_login_hint()})", file=sys.stderr)
-
-
-def dashboard_login_hint() -> str:
-    """How to get past the dashboard's login, as Ray 2.60 configures it."""
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-        token_auth = is_token_auth_enabled()
-    except ImportError:  # another Ray release: go by the documented switch
-        token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
-    if not token_auth:
-        return "no token needed"
-    return (f"token auth is on: paste the token from `ray get-auth-token` "
-            f"({Path.home() / '.ray' / 'auth_token'} on the head node) when the browser asks; "
-            f"API calls need 'Authorization: Bearer <token>'; the ray CLI needs RAY_AUTH_MODE=token")
-
-
-@contextlib.contextmanager
 def experiment_lock(lock_file: Path, name: str):
     """Two searches writing one experiment would corrupt it: the second is refused."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another search is running experiment {name!r} "
-                             f"(lock {lock_file}); wait for it or pick another --name") from None
-        yield
+    def refuse():
+        raise UsageError(f"another search is running experiment {name!r} "
+                         f"(lock {lock_file}); wait for it or pick another --name")
 
-
-def latest_experiment(storage: Path) -> Path | None:
-    found = [p.parent for p in storage.glob("*/experiment_state-*.json")]
-    return max(found, key=lambda d: max(f.stat().st_mtime for f in d.glob("experiment_state-*.json")),
-               default=None)
-
-
-def write_reports(exp_dir: Path, out_dir: Path) -> object:
-    from tuning.results import best_trial, load_experiment, trials_frame
-    from tuning.trainable import model_config
-
-    analysis = load_experiment(exp_dir)
-    table = trials_frame(analysis)
-    write_text(out_dir / "trials.csv", table.to_csv(index=False))
-    finished = table[table["epochs_run"] > 0]
-    if len(finished):
-        trial, _ = best_trial(analysis)
-        row = table[table["trial_id"] == trial.trial_id].iloc[0]
-        # "config" is what the winner trained with, its seed included: `python -m model.train
-        # --config best_config.json` retrains it to the same numbers
-        best = {"trial_id": trial.trial_id, "val_f1": float(row["best_val_f1"]),
-                "epoch": int(row["best_epoch"]), "seed": int(row["seed"]),
-                "config": model_config(trial.config)}
-        write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
-    return table
+    return file_lock(lock_file, on_busy=refuse)
 
 
 def resume_command(name: str, storage_flag: str | None) -> str:
@@ -250,6 +101,8 @@ def main(argv=None) -> int:
     storage_str = args.storage if is_uri else str(local_storage)
 
     if args.resume and args.name is None:
+        from tuning.results import latest_experiment
+
         latest = latest_experiment(local_storage) if local_storage else None
         if latest is None:
             raise UsageError(f"--resume: no experiment in {storage_str}; name one with --name")
@@ -292,6 +145,9 @@ def main(argv=None) -> int:
         splits = load_processed(p)  # once, in the driver; the test split is never read here
         if opts["subset"]:
             splits = splits.head(opts["subset"], opts["subset"])
+        from tuning.cluster import default_concurrency, start_ray
+        from tuning.trainable import make_trainable, make_tuner
+
         start_ray(args)
         if not args.resume:
             if opts["concurrency"] is None:  # what the cluster holds, known once Ray is up
@@ -319,6 +175,8 @@ def main(argv=None) -> int:
         if local_storage is None:
             print(f"experiment stored at {exp_path}", file=sys.stderr)
             return 0
+        from tuning.results import write_reports
+
         table = write_reports(local_storage / name, report_dir)
 
     unfinished = int((table["status"] == "unfinished").sum())

@@ -7,62 +7,55 @@ Each entry is a plain spec, `{kind: args}`, turned into a Ray Tune distribution 
   choice:     [v1, v2, ...] categorical
   a bare value              fixed (not searched)
 A `--space FILE.yaml|json` maps some of these keys to new specs; every other key keeps its range.
-Keys are `model.train` config keys; bounds and values are checked by the same rules.
+Keys are the hyperparameters' field names (model/config.py); bounds and values are checked by
+the fields' own rules.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ray import tune
 
-from dataprep.schema import UsageError
-from model.train import DEFAULTS, RUN_KEYS, SEARCH_SEED_KEY, make_config
+from model.config import DEFAULTS, HYPERPARAMETERS, RUN_KEYS, SEARCH_SEED_KEY, TrainConfig
+from plumbing.cli import read_yaml_or_json
+from plumbing.errors import UsageError
 
-# Sized for the default budget (50 trials in about 10 minutes on 2 cores): one recurrent layer
-# and widths up to 192 cost at most ~2x the default BiLSTM per epoch. Wider or deeper models
-# are one --space file away, e.g. {hidden_size: {choice: [128, 256]}, num_layers: {int: [1, 2]}}.
-# Not searched, on validation evidence (6-epoch runs, same config otherwise): max pooling beats
-# mean pooling by 0.03 val macro-F1 and "last" did worst in the first 50-trial searches; class
-# weighting and label smoothing moved val macro-F1 by less than seed-to-seed noise (~0.004).
+# Sized for the default budget (50 trials in about 10 minutes on 2 cores); why each range is what
+# it is, and what was left out, is in the README ("The search space").
 SPACE = {
-    "rnn": "lstm",                               # GRU is selectable: {choice: [lstm, gru]}
+    "rnn": "lstm",
     "embedding_dim": {"choice": [64, 128, 200]},
     "hidden_size": {"choice": [64, 128, 192]},
     "num_layers": 1,
     "bidirectional": {"choice": [True, False]},
-    "pooling": "max",                            # {choice: [max, mean, last]} to search it
+    "pooling": "max",
     "embedding_dropout": {"uniform": [0.0, 0.4]},
     "rnn_dropout": 0.0,                          # acts only when num_layers > 1
     "dropout": {"uniform": [0.1, 0.6]},
-    "lr": {"loguniform": [1e-3, 1e-2]},          # below 1e-3 six epochs are not enough
+    "lr": {"loguniform": [1e-3, 1e-2]},
     "weight_decay": {"loguniform": [1e-6, 1e-2]},
     "batch_size": {"choice": [64, 128]},
 }
 # Where the searcher starts (`points_to_evaluate`), when inside the space: the model's default
-# BiLSTM, and the best region of the first searches (a unidirectional LSTM, hidden 192, lr ~7e-3).
+# BiLSTM ({}: every default), and the best region of the first searches.
 KNOWN_GOOD = [
-    {},  # DEFAULTS
+    {},
     {"embedding_dim": 128, "hidden_size": 192, "bidirectional": False, "embedding_dropout": 0.25,
      "dropout": 0.5, "lr": 7e-3, "weight_decay": 5e-5, "batch_size": 64},
 ]
-# Set by the search itself, never searched: seed, threads, epochs and device come from its flags.
-NOT_SEARCHABLE = set(RUN_KEYS)
 KINDS = ("loguniform", "uniform", "int", "choice")
 
 
 def _check_value(key: str, value, where: str) -> None:
     try:
-        make_config({key: value})
+        TrainConfig.from_flat({key: value})
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
 
 
 def validate(space: dict, where: str = "search space") -> dict:
     for key, spec in space.items():
-        if key not in DEFAULTS or key in NOT_SEARCHABLE:
-            known = sorted(set(DEFAULTS) - NOT_SEARCHABLE)
-            raise UsageError(f"{where}: unknown or fixed key {key!r} (searchable: {', '.join(known)})")
+        if key not in HYPERPARAMETERS:
+            raise UsageError(f"{where}: unknown or fixed key {key!r} (searchable: "
+                             f"{', '.join(sorted(HYPERPARAMETERS))})")
         if not isinstance(spec, dict):
             _check_value(key, spec, where)
             continue
@@ -87,24 +80,6 @@ def validate(space: dict, where: str = "search space") -> dict:
         if kind == "loguniform" and low <= 0:
             raise UsageError(f"{where}: {key}: loguniform needs low > 0, got {args}")
     return space
-
-
-def read_yaml_or_json(path: str, flag: str):
-    """The parsed content of a .yaml/.yml/.json file given to `flag`; any problem is a UsageError."""
-    if not path.endswith((".yaml", ".yml", ".json")):
-        raise UsageError(f"{flag} {path}: expected a .yaml, .yml or .json file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{flag} {path}: cannot read ({e})") from None
-    try:
-        if path.endswith(".json"):
-            return json.loads(text)
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
-        raise UsageError(f"{flag} {path}: cannot parse ({str(e).splitlines()[0]})") from None
 
 
 def load_space(path: str | None) -> dict:
@@ -179,7 +154,8 @@ def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
     searched = []
     for i, point in enumerate(points, 1):
         where_i = f"{where}: point {i}"
-        unknown = sorted(set(point) - set(space) - NOT_SEARCHABLE - {SEARCH_SEED_KEY})
+        # a trial's params.json also holds the run settings and the search seed: not searched
+        unknown = sorted(set(point) - set(space) - set(RUN_KEYS) - {SEARCH_SEED_KEY})
         if unknown:
             raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
         point = {k: v for k, v in point.items() if k in space}

@@ -1,4 +1,5 @@
-"""The Ray Tune trainable: model's seeded loop, reporting every epoch with a checkpoint."""
+"""The Ray Tune trainable (the model's seeded loop, reporting every epoch with a checkpoint) and
+the Tuner that runs it: OptunaSearch (TPE) + ASHA over the space of tuning/space.py."""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +10,13 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import TrainConfig, from_trial_params
 from model.data import Splits
-from model.train import SEARCH_SEED_KEY, fit, load_checkpoint, save_checkpoint, trial_seed
+from model.loop import train_epochs
 
 CHECKPOINT_FILE = "state.pt"
+METRIC, MODE = "val_f1", "max"
 # Fault injection for the reliability tests. FAULT_EPOCH: a trial started fresh raises after this
 # epoch once; its retry resumes from the checkpoint and does not raise again. DIVERGE_EPOCH: the
 # training loss of every trial reads as NaN from this epoch on (a real divergence, as far as
@@ -21,11 +25,36 @@ FAULT_EPOCH_ENV = "EMOTION_FAULT_EPOCH"
 DIVERGE_EPOCH_ENV = "EMOTION_FAULT_DIVERGE_EPOCH"
 
 
-def model_config(config: dict) -> dict:
-    """A trial's Tune config -> the model config it trains with (its own seed included)."""
-    cfg = {k: v for k, v in config.items() if k != SEARCH_SEED_KEY}
-    cfg["seed"] = trial_seed(config)
-    return cfg
+def train_trial(config: dict, splits: Splits) -> None:
+    """Ray Tune function trainable. `splits` comes once from the object store (with_parameters)."""
+    cfg = TrainConfig.from_flat(from_trial_params(config))
+    resume = None
+    checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a search
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
+    fault_epoch = int(os.environ.get(FAULT_EPOCH_ENV, "0")) if resume is None else 0
+    diverge_epoch = int(os.environ.get(DIVERGE_EPOCH_ENV, "0"))
+    with contextlib.ExitStack() as faults:
+        if 0 < diverge_epoch <= (resume["epoch"] + 1 if resume else 1):
+            faults.enter_context(_diverging_loss())
+        for epoch in train_epochs(cfg, splits, resume=resume):
+            # every epoch reports val_f1 (never a stale value): ASHA and Optuna act on the last
+            metrics = {**epoch.metrics, "seed": cfg.run.seed, "status": epoch.status,
+                       "node_id": node}
+            if epoch.status == "diverged":
+                # Not an error: a retry would diverge again, deterministically. The trial ends
+                # with val_f1 0 (the worst macro-F1), which ASHA and Optuna rank like any result.
+                tune.report(metrics)
+                return
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(epoch.training_state(), Path(folder) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            if epoch.epoch == fault_epoch:
+                raise RuntimeError(f"injected fault after epoch {fault_epoch} ({FAULT_EPOCH_ENV})")
+            if epoch.epoch + 1 == diverge_epoch:
+                faults.enter_context(_diverging_loss())
 
 
 def _diverging_loss():
@@ -39,32 +68,59 @@ def _diverging_loss():
                              lambda self, x, y: forward(self, x, y) * float("nan"))
 
 
-def train_trial(config: dict, splits: Splits) -> None:
-    """Ray Tune function trainable. `splits` comes once from the object store (with_parameters)."""
-    cfg = model_config(config)
-    resume = None
-    checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a search
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-    node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
-    fault_epoch = int(os.environ.get(FAULT_EPOCH_ENV, "0")) if resume is None else 0
-    diverge_epoch = int(os.environ.get(DIVERGE_EPOCH_ENV, "0"))
-    with contextlib.ExitStack() as faults:
-        if 0 < diverge_epoch <= (resume["epoch"] + 1 if resume else 1):
-            faults.enter_context(_diverging_loss())
-        for epoch in fit(cfg, splits, resume=resume):
-            # every epoch reports val_f1 (never a stale value): ASHA and Optuna act on the last
-            metrics = {**epoch.metrics, "seed": cfg["seed"], "status": epoch.status, "node_id": node}
-            if epoch.status == "diverged":
-                # Not an error: a retry would diverge again, deterministically. The trial ends
-                # with val_f1 0 (the worst macro-F1), which ASHA and Optuna rank like any result.
-                tune.report(metrics)
-                return
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(epoch.training_state(), Path(folder) / CHECKPOINT_FILE)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-            if epoch.epoch == fault_epoch:
-                raise RuntimeError(f"injected fault after epoch {fault_epoch} ({FAULT_EPOCH_ENV})")
-            if epoch.epoch + 1 == diverge_epoch:
-                faults.enter_context(_diverging_loss())
+def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
+
+
+def make_tuner(opts: dict, trainable, storage: str) -> tune.Tuner:
+    """The Tuner for a search's options (search_options.json: the CLI flags, as first given)."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning import space as space_mod
+
+    space = space_mod.load_space(opts["space"])
+    param_space = space_mod.to_tune(space)
+    # fixed per search: every trial gets these as plain values (not searched)
+    param_space.update(
+        epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
+        device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
+    searcher = OptunaSearch(
+        points_to_evaluate=(opts.get("points") if opts.get("points") is not None
+                            else space_mod.known_good_points(space)),
+        sampler=optuna.samplers.TPESampler(seed=opts["seed"]),
+        study_name=opts["name"],
+        storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
+    )
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=opts["max_epochs"],
+                              grace_period=opts["grace_period"],
+                              reduction_factor=opts["reduction_factor"])
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["concurrency"]),
+            scheduler=scheduler,
+            num_samples=opts["samples"],
+            time_budget_s=opts["time_budget_s"],
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            # a new trial reuses a finished trial's worker: no new process importing torch and
+            # fetching the splits again for each of the 50 trials
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=opts["name"],
+            storage_path=storage,
+            # Every epoch's checkpoint is kept: a cap (num_to_keep=K) makes Tune snapshot the
+            # experiment state whenever a trial has written K checkpoints since the last one
+            # (README, "Outputs")
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            # a crashed trial restarts from its last checkpoint, up to twice
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from dataprep.schema import DataError, UsageError
+from plumbing.errors import DataError, UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -53,3 +55,21 @@ def run_main(main: Callable[[list[str] | None], int], prog: str, argv=None) -> i
         where = f"{e.filename}: " if e.filename else ""
         print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def read_yaml_or_json(path: str, flag: str):
+    """The parsed content of a .yaml/.yml/.json file given to `flag`; any problem is a UsageError."""
+    if not path.endswith((".yaml", ".yml", ".json")):
+        raise UsageError(f"{flag} {path}: expected a .yaml, .yml or .json file")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {path}: cannot read ({e})") from None
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
+        raise UsageError(f"{flag} {path}: cannot parse ({str(e).splitlines()[0]})") from None

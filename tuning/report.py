@@ -1,0 +1,128 @@
+"""artifacts/best/'s plots and report.md: what evaluate_best measured, for a reader."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dataprep.schema import LABELS
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: list[list[int]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(np.array(cm), cmap="Blues")
+    ax.set_xticks(range(6), LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(6), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(max(r) for r in cm) or 1
+    for i, row in enumerate(cm):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
+    ax.set_title("Test confusion matrix (counts)")
+    _save(plt, fig, path)
+
+
+def plot_learning_curve(history: pd.DataFrame, path: Path) -> None:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
+    a1.plot(history["epoch"], history["val_loss"], "o-", label="val loss")
+    a1.set_xlabel("epoch")
+    a1.legend()
+    a2.plot(history["epoch"], history["val_f1"], "o-", label="val macro-F1")
+    a2.plot(history["epoch"], history["val_acc"], "o-", label="val accuracy")
+    a2.set_xlabel("epoch")
+    a2.legend()
+    fig.suptitle("Best trial: learning curves")
+    _save(plt, fig, path)
+
+
+def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
+    plt = _plt()
+    done = trials[trials["best_val_f1"].notna()].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = {"completed": "tab:blue", "early_stopped": "tab:green", "asha_stopped": "tab:orange",
+              "error": "tab:red", "unfinished": "tab:gray"}
+    for status, group in done.groupby("status"):
+        ax.scatter(group.index + 1, group["best_val_f1"], label=status,
+                   color=colors.get(status, "black"), s=25)
+    ax.plot(done.index + 1, done["best_val_f1"].cummax(), color="black", lw=1, label="running best")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel("best val macro-F1")
+    ax.legend()
+    ax.set_title("Search history")
+    _save(plt, fig, path)
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, m: dict, base: list[dict], importance: dict, reseeds: list[dict],
+                 trials: pd.DataFrame, experiment: str) -> None:
+    counts = trials["status"].value_counts().to_dict()
+    parts = [
+        f"# Best model of experiment `{experiment}`",
+        (f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
+         f"validation macro-F1 among {len(trials)} trials "
+         f"({', '.join(f'{n} {s}' for s, n in counts.items())}). "
+         "The test split was read once, here."),
+        "## Validation vs test",
+        _table([{"split": "validation", "accuracy": m["val_acc"], "macro-F1": m["val_f1"]},
+                {"split": "test", "accuracy": m["accuracy"], "macro-F1": m["f1_macro"],
+                 "weighted-F1": m["f1_weighted"]}],
+               ["split", "accuracy", "macro-F1", "weighted-F1"]),
+        "## Against baselines (same splits, same run)",
+        _table([{"model": "tuned LSTM (this)", "val_accuracy": m["val_acc"],
+                 "val_f1_macro": m["val_f1"], "test_accuracy": m["accuracy"],
+                 "test_f1_macro": m["f1_macro"]}] + base,
+               ["model", "val_accuracy", "val_f1_macro", "test_accuracy", "test_f1_macro"]),
+    ]
+    if reseeds:
+        acc = np.array([r["test_accuracy"] for r in reseeds if r["test_accuracy"] is not None])
+        f1 = np.array([r["test_f1_macro"] for r in reseeds if r["test_f1_macro"] is not None])
+        parts += ["## Other seeds (same config, full epochs)",
+                  _table(reseeds, ["seed", "val_f1", "test_accuracy", "test_f1_macro"]),
+                  f"Test accuracy {acc.mean():.4f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f}, "
+                  f"macro-F1 {f1.mean():.4f} ± {f1.std(ddof=1) if len(f1) > 1 else 0:.4f} "
+                  f"over {len(acc)} seeds." if len(acc) else "No reseeded run finished."]
+    parts += [
+        "## Per class (test)",
+        _table([{"label": k, **v} for k, v in m["per_class"].items()],
+               ["label", "precision", "recall", "f1-score", "support"]),
+        "![confusion matrix](confusion_matrix.png)",
+        "## Best configuration",
+        "```json\n" + json.dumps(m["config"], indent=2, sort_keys=True) + "\n```",
+        "## Hyperparameter importance (Optuna fANOVA over the trials' best val_f1)",
+        _table([{"hyperparameter": k, "importance": v} for k, v in importance.items()],
+               ["hyperparameter", "importance"]) if importance else
+        "Not enough finished trials to estimate importance.",
+        "## Curves",
+        "![learning curve](learning_curve.png)\n\n![search history](search_history.png)",
+    ]
+    (out / "report.md").write_text("\n\n".join(parts) + "\n")
