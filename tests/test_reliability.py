@@ -41,8 +41,9 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
                                                                           sig):
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "stopme"
+    # 4,000 rows: trials long enough that the signal lands while most are still to run
     driver = _start_search(root, ["--samples", "6", "--max-epochs", "3", "--name", "stopme",
-                                  *SEARCH_SMALL])
+                                  *SEARCH_SMALL, "--subset", "4000"])
     assert _wait_for(lambda: _progress_rows(exp) >= 1), "the search never reported"
     if sig == signal.SIGTERM:  # while it runs, a second search of the same name is refused
         second = run_cli("tuning.search", "--samples", "1", "--name", "stopme", *SEARCH_SMALL,

@@ -254,8 +254,9 @@ def _wait_for(predicate, timeout=300):
 def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepared_root, tmp_path):
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "killed"
+    # 4,000 rows: trials long enough that the first kill comes before all have started
     driver = _start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
-                                  "--name", "killed", *SEARCH_SMALL])
+                                  "--name", "killed", *SEARCH_SMALL, "--subset", "4000"])
     finished_before = {}
     for round_ in range(2):  # kill -9 the driver twice, each time after one more trial finished
         need = len(finished_before) + 1
