@@ -63,11 +63,14 @@ def test_report_has_baselines_and_importance(evaluated):
     root, _ = evaluated
     report = (root / "artifacts/best/report.md").read_text()
     m = json.loads((root / "artifacts/best/metrics.json").read_text())
-    assert "| majority class |" in report and "| TF-IDF (1-2 grams) + LinearSVC |" in report
+    assert "| majority class |" in report
+    # the TF-IDF baseline is tuned on validation, and says which setting won
+    assert "| TF-IDF (1-1 grams) + LinearSVC (C=1, class weight balanced; tuned on validation) |" \
+        in report
     majority = next(b for b in m["baselines"] if b["model"] == "majority class")
     assert majority["test_accuracy"] == pytest.approx(695 / 2000)  # "joy" is the majority
     tfidf = next(b for b in m["baselines"] if b["model"].startswith("TF-IDF"))
-    assert tfidf["test_accuracy"] > 0.85
+    assert tfidf["test_accuracy"] > 0.89  # the untuned 1-2 gram setting had 0.880
     assert "Hyperparameter importance" in report and "Other seeds" in report
     assert set(m["importance"]) <= set(space_mod.SPACE) and m["importance"]
     assert str(root) not in report  # no absolute paths in what users share
