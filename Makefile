@@ -7,7 +7,8 @@ SAMPLES ?= 50
 SEARCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all install data search evaluate test lint bench bench-search clean
+.PHONY: all install data search evaluate test lint bench bench-search clean \
+        cluster-up cluster-join submit job-logs cluster-down
 
 all: data search evaluate  # in this order (no -j)
 
@@ -43,6 +44,34 @@ bench-search: data
 	$(PY) benchmarks/search_benchmark.py
 	$(PY) benchmarks/ray_overhead.py
 	$(PY) benchmarks/asha_vs_fifo.py
+
+# A Ray cluster of your own machines (README, "Run on a Ray cluster"). On the head:
+#   make cluster-up            then on each worker: make cluster-join HEAD=<head-ip>:6379
+#   make submit STORAGE=s3://bucket/exps SAMPLES=50      make job-logs JOB=raysubmit_...
+# token auth for clusters started here (Ray 2.60 turns it on by itself only for local instances);
+# the ray CLI needs RAY_AUTH_MODE=token to reach such a cluster
+RAY        := RAY_AUTH_MODE=token $(VENV)/bin/ray
+DASHBOARD  ?= http://127.0.0.1:8265
+STORAGE    ?=
+CLUSTER_CPUS ?=
+
+cluster-up: install
+	$(RAY) get-auth-token --generate >/dev/null
+	$(RAY) start --head --dashboard-host 127.0.0.1 $(if $(CLUSTER_CPUS),--num-cpus $(CLUSTER_CPUS))
+	@echo "token for the dashboard and for workers: $$($(RAY) get-auth-token)"
+
+cluster-join: install
+	$(RAY) start --address $(HEAD)
+
+submit: data
+	$(RAY) job submit --address $(DASHBOARD) --no-wait -- $(abspath $(PY)) -m tuning.search \
+	  --address auto --samples $(SAMPLES) $(if $(STORAGE),--storage '$(STORAGE)') $(SEARCH_ARGS)
+
+job-logs:
+	$(RAY) job logs --address $(DASHBOARD) --follow $(JOB)
+
+cluster-down:
+	$(RAY) stop
 
 clean:
 	rm -rf data/processed artifacts ray_results

@@ -121,6 +121,8 @@ def train_epochs(config: TrainConfig | dict, splits: Splits, *,
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng_state"])
+        if device.type == "cuda" and resume.get("cuda_rng_state") is not None:  # dropout masks
+            torch.cuda.set_rng_state(resume["cuda_rng_state"], device)
         best = dict(resume["best"])
         first_epoch = resume["epoch"] + 1
 
@@ -177,6 +179,8 @@ def train_epochs(config: TrainConfig | dict, splits: Splits, *,
                 "vocab_size": splits.vocab_size, "vocab_sha256": splits.vocab_sha256,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng_state": torch.get_rng_state(),
+                "cuda_rng_state": (torch.cuda.get_rng_state(device) if device.type == "cuda"
+                                   else None),
                 "best": best, "metrics": metrics,
             }
 

@@ -70,24 +70,27 @@ def reseed(config: dict, splits: Splits, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def find_experiment(p: Paths, flag: str | None) -> Path:
-    from tuning.results import latest_experiment
+def find_experiment(p: Paths, flag: str | None):
+    """--experiment (a folder or a URI), else the latest in ray_results/: (its storage, name)."""
+    from tuning.storage import open_experiment, open_storage
 
     if flag:
-        exp = Path(flag)
-        if not exp.is_dir():
+        if "://" not in flag and not Path(flag).is_dir():
             raise UsageError(f"--experiment {flag}: no such folder")
-        return exp
-    exp = latest_experiment(p.ray_results)
-    if exp is None:
+        return open_experiment(flag)
+    storage = open_storage(None, p.ray_results)
+    name = storage.latest_experiment()
+    if name is None:
         raise DataError(f"no experiment in {p.ray_results}: run `python -m tuning.search` first "
                         f"or pass --experiment")
-    return exp
+    return storage, name
 
 
 def main(argv=None) -> int:
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    ap.add_argument("--experiment", metavar="DIR", help="ray_results/NAME (default: the latest)")
+    ap.add_argument("--experiment", metavar="DIR|URI",
+                    help="ray_results/NAME, or STORAGE_URI/NAME (s3://..., gs://...; only the "
+                         "best trial's checkpoint is fetched) (default: the latest in ray_results/)")
     ap.add_argument("--reseed", type=non_negative_int, default=0, metavar="K",
                     help="also retrain the best config with K other seeds: test mean ± std")
     args = ap.parse_args(argv)
@@ -95,14 +98,20 @@ def main(argv=None) -> int:
     from tuning import space as space_mod
     from tuning.baselines import baselines
     from tuning.report import plot_confusion, plot_learning_curve, plot_search_history, write_report
-    from tuning.results import best_trial, hyperparameter_importance, load_experiment, trials_frame
+    from tuning.results import (
+        best_trial,
+        hyperparameter_importance,
+        load_experiment,
+        search_options,
+        trials_frame,
+    )
     from tuning.trainable import CHECKPOINT_FILE
 
-    exp = find_experiment(p, args.experiment)
-    analysis = load_experiment(exp)
+    storage, name = find_experiment(p, args.experiment)
+    analysis = load_experiment(storage, name)
     trials = trials_frame(analysis)
     if not trials["best_val_f1"].notna().any():
-        raise DataError(f"{exp}: no trial finished an epoch")
+        raise DataError(f"{storage.uri(name)}: no trial finished an epoch")
     trial, checkpoint = best_trial(analysis)
     with checkpoint.as_directory() as folder:
         state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
@@ -115,12 +124,11 @@ def main(argv=None) -> int:
     m = test_metrics(splits.test.labels.numpy(), res["logits"].argmax(1).numpy())
     m.update(val_f1=state["metrics"]["val_f1"], val_acc=state["metrics"]["val_acc"],
              trial_id=trial.trial_id, best_epoch=state["epoch"], seed=state["config"]["seed"],
-             config=state["config"], experiment=exp.name, test_rows=len(splits.test))
+             config=state["config"], experiment=name, test_rows=len(splits.test))
 
     print("baselines (majority, TF-IDF + LinearSVC)...", file=sys.stderr)
     base = baselines(p)
-    opts_file = p.search_reports / exp.name / "search_options.json"
-    opts = json.loads(opts_file.read_text()) if opts_file.is_file() else {}
+    opts = search_options(p.search_reports / name, storage, name) or {}
     importance = hyperparameter_importance(trials, space_mod.load_space(opts.get("space")))
     reseeds = []
     if args.reseed:
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
         plot_confusion(m["confusion_matrix"], tmp / "confusion_matrix.png")
         plot_learning_curve(history, tmp / "learning_curve.png")
         plot_search_history(trials, tmp / "search_history.png")
-        write_report(tmp, m, base, importance, reseeds, trials, exp.name)
+        write_report(tmp, m, base, importance, reseeds, trials, name)
     print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  weighted-F1 "
           f"{m['f1_weighted']:.4f}  ({len(splits.test)} rows)", file=sys.stderr)
     for row in base:

@@ -12,25 +12,24 @@ from ray.tune import ExperimentAnalysis
 from model.config import DEFAULTS, HYPERPARAMETERS, from_trial_params
 from plumbing.errors import DataError
 from plumbing.files import write_text
+from tuning.storage import Storage
 from tuning.trainable import METRIC, MODE
 
+OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resume reads them)
 # trials.csv's columns of configuration: every hyperparameter, and the epochs a trial could run
 CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
 
 
-def latest_experiment(storage: Path) -> Path | None:
-    found = [p.parent for p in storage.glob("*/experiment_state-*.json")]
-    return max(found, key=lambda d: max(f.stat().st_mtime for f in d.glob("experiment_state-*.json")),
-               default=None)
-
-
-def load_experiment(exp_dir: Path) -> ExperimentAnalysis:
-    if not exp_dir.is_dir() or not list(exp_dir.glob("experiment_state-*.json")):
-        raise DataError(f"{exp_dir}: not a Ray Tune experiment (no experiment_state-*.json)")
+def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
+    """The experiment `name` where it lives (a folder or a bucket: read through its filesystem)."""
+    where = storage.uri(name)
+    if not storage.is_experiment(name):
+        raise DataError(f"{where}: not a Ray Tune experiment (no experiment_state-*.json)")
     try:
-        return ExperimentAnalysis(str(exp_dir.resolve()), default_metric=METRIC, default_mode=MODE)
+        return ExperimentAnalysis(storage.path(name), default_metric=METRIC, default_mode=MODE,
+                                  storage_filesystem=storage.fs)
     except Exception as e:  # noqa: BLE001 - a corrupt state file
-        raise DataError(f"{exp_dir}: cannot read the experiment ({type(e).__name__}: {e})") from None
+        raise DataError(f"{where}: cannot read the experiment ({type(e).__name__}: {e})") from None
 
 
 def _status(trial, history: pd.DataFrame | None, max_epochs: int) -> str:
@@ -84,9 +83,21 @@ def best_trial(analysis: ExperimentAnalysis):
     return trial, checkpoint
 
 
-def write_reports(exp_dir: Path, out_dir: Path) -> pd.DataFrame:
+def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None:
+    """A search's options: from its local report, else from the copy kept beside the experiment
+    (a resume or an evaluation on another machine); None if neither is there."""
+    local = report_dir / OPTIONS_FILE
+    if local.is_file():
+        return json.loads(local.read_text())
+    try:
+        return storage.read_json(name, OPTIONS_FILE)
+    except (OSError, ValueError):  # an experiment from before the copy was kept there
+        return None
+
+
+def write_reports(storage: Storage, name: str, out_dir: Path) -> pd.DataFrame:
     """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials."""
-    analysis = load_experiment(exp_dir)
+    analysis = load_experiment(storage, name)
     table = trials_frame(analysis)
     write_text(out_dir / "trials.csv", table.to_csv(index=False))
     if (table["epochs_run"] > 0).any():

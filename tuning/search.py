@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -20,12 +21,11 @@ from plumbing.cli import (
     positive_int,
     run_main,
 )
-from plumbing.errors import UsageError
+from plumbing.errors import DataError, UsageError
 from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
-OPTIONS_FILE = "search_options.json"
 
 
 def parse_args(argv=None):
@@ -88,28 +88,22 @@ def experiment_lock(lock_file: Path, name: str):
 
 
 def resume_command(name: str, storage_flag: str | None) -> str:
-    extra = f" --storage {storage_flag}" if storage_flag else ""
+    extra = f" --storage {shlex.quote(storage_flag)}" if storage_flag else ""
     return f"python -m tuning.search --name {name} --resume{extra}"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     p: Paths = paths()
-    # a URI (s3://, gs://, ...) is handed to Ray as is; a folder is made absolute
-    is_uri = bool(args.storage) and "://" in args.storage
-    local_storage = None if is_uri else Path(args.storage or p.ray_results).resolve()
-    storage_str = args.storage if is_uri else str(local_storage)
+    from tuning.storage import open_storage
 
+    storage = open_storage(args.storage, p.ray_results)  # a folder, or a URI (s3://, gs://, ...)
     if args.resume and args.name is None:
-        from tuning.results import latest_experiment
-
-        latest = latest_experiment(local_storage) if local_storage else None
-        if latest is None:
-            raise UsageError(f"--resume: no experiment in {storage_str}; name one with --name")
-        args.name = latest.name
+        args.name = storage.latest_experiment()
+        if args.name is None:
+            raise UsageError(f"--resume: no experiment in {storage.text}; name one with --name")
     name = args.name or time.strftime("search-%Y%m%d-%H%M%S")
     report_dir = p.search_reports / name
-    exp_path = f"{storage_str.rstrip('/')}/{name}"
 
     points = None
     if not args.resume:  # a bad --space or --points fails before anything is written
@@ -122,14 +116,19 @@ def main(argv=None) -> int:
     with experiment_lock(report_dir / ".lock", name):
         from ray import tune
 
-        exists = tune.Tuner.can_restore(exp_path)
+        exists = storage.is_experiment(name)
         if args.resume and not exists:
-            raise UsageError(f"--resume: no experiment {name!r} in {storage_str}")
+            raise UsageError(f"--resume: no experiment {name!r} in {storage.text}")
         if not args.resume and exists:
-            raise UsageError(f"experiment {name!r} already exists in {storage_str}: continue it "
+            raise UsageError(f"experiment {name!r} already exists in {storage.text}: continue it "
                              f"with --resume, or pick another --name")
         if args.resume:  # the settings are the experiment's own, as first started
-            opts = json.loads((report_dir / OPTIONS_FILE).read_text())
+            from tuning.results import OPTIONS_FILE, search_options
+
+            opts = search_options(report_dir, storage, name)
+            if opts is None:
+                raise DataError(f"--resume: {report_dir / OPTIONS_FILE} is missing, and "
+                                f"{storage.uri(name, OPTIONS_FILE)} too")
         else:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
@@ -138,14 +137,15 @@ def main(argv=None) -> int:
             opts["name"] = name
             opts["points"] = points
 
-        if local_storage is not None:  # fail here, not after Ray has started
-            (local_storage / name).mkdir(parents=True, exist_ok=True)
+        if storage.is_local:  # fail here, not after Ray has started
+            Path(storage.path(name)).mkdir(parents=True, exist_ok=True)
         from model.data import load_processed
 
         splits = load_processed(p)  # once, in the driver; the test split is never read here
         if opts["subset"]:
             splits = splits.head(opts["subset"], opts["subset"])
         from tuning.cluster import default_concurrency, start_ray
+        from tuning.results import OPTIONS_FILE
         from tuning.trainable import make_trainable, make_tuner
 
         start_ray(args)
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
 
                 opts["concurrency"] = default_concurrency(
                     ray.cluster_resources(), opts["cpus_per_trial"], opts["gpus_per_trial"])
+            # beside the experiment, so that a resume from anywhere finds them, and in the report
+            storage.write_json(opts, name, OPTIONS_FILE)
             write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
         print(f"{opts['samples']} trials, {opts['concurrency']} at once, {opts['cpus_per_trial']} "
               f"CPU(s) each", file=sys.stderr)
@@ -162,29 +164,28 @@ def main(argv=None) -> int:
         if args.resume:
             print(f"resuming {name}: finished trials are kept, unfinished and errored ones "
                   f"continue from their last checkpoint", file=sys.stderr)
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(storage.path(name), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage.ray_kwargs()["storage_filesystem"])
         else:
-            tuner = make_tuner(opts, trainable, storage_str)
+            tuner = make_tuner(opts, trainable, storage)
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         tuner.fit()
         import ray
 
         ray.shutdown()  # no worker log lines after the summary below
-        if local_storage is None:
-            print(f"experiment stored at {exp_path}", file=sys.stderr)
-            return 0
         from tuning.results import write_reports
 
-        table = write_reports(local_storage / name, report_dir)
+        table = write_reports(storage, name, report_dir)
 
     unfinished = int((table["status"] == "unfinished").sum())
     started = len(table)
     print(f"trials: {started} started, " + ", ".join(
         f"{n} {s}" for s, n in table["status"].value_counts().sort_index().items()), file=sys.stderr)
-    print(f"results: {local_storage / name}  report: {report_dir / 'trials.csv'}", file=sys.stderr)
-    print(f"TensorBoard: tensorboard --logdir {local_storage / name}", file=sys.stderr)
+    experiment = storage.uri(name)
+    print(f"results: {experiment}  report: {report_dir / 'trials.csv'}", file=sys.stderr)
+    print(f"TensorBoard: tensorboard --logdir {shlex.quote(experiment)}", file=sys.stderr)
     if unfinished or started < opts["samples"] and not opts["time_budget_s"]:
         print(f"search interrupted; resume with: {resume_command(name, args.storage)}", file=sys.stderr)
         return 130
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     if best is not None:
         print(f"best trial {best['trial_id']}: val_f1 {best['best_val_f1']:.4f} "
               f"(epoch {best['best_epoch']}); next: python -m tuning.evaluate_best "
-              f"--experiment {local_storage / name}", file=sys.stderr)
+              f"--experiment {shlex.quote(experiment)}", file=sys.stderr)
     return 0
 
 

@@ -73,7 +73,7 @@ def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
     return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
 
 
-def make_tuner(opts: dict, trainable, storage: str) -> tune.Tuner:
+def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     """The Tuner for a search's options (search_options.json: the CLI flags, as first given)."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler
@@ -114,7 +114,7 @@ def make_tuner(opts: dict, trainable, storage: str) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=opts["name"],
-            storage_path=storage,
+            **storage.ray_kwargs(),  # a folder, or a cloud filesystem and the path on it
             # Every epoch's checkpoint is kept: a cap (num_to_keep=K) makes Tune snapshot the
             # experiment state whenever a trial has written K checkpoints since the last one
             # (README, "Outputs")

@@ -1,0 +1,172 @@
+"""Scale-out: experiments in an S3-compatible bucket (a moto server on loopback), a two-node Ray
+cluster that shares no experiment folder, and the search submitted as a Ray job."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.test_search import _start_search, _stderr, _wait_for, trials_csv
+
+slow = pytest.mark.slow
+BUCKET = "exps"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 protocol endpoint on 127.0.0.1 with one bucket; dummy credentials in the
+    environment (every process started from here, Ray's included, inherits them)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    yield f"{host}:{port}", fs
+    server.stop()
+
+
+def _keys(fs, path: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return [i.path for i in infos if i.type == pafs.FileType.File]
+
+
+def test_storage_paths_keep_the_query_and_never_paste_onto_it(s3):
+    from tuning.storage import open_experiment, open_storage
+
+    endpoint, _ = s3
+    uri = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"
+    storage = open_storage(uri, None)
+    assert storage.root == f"{BUCKET}/runs" and not storage.is_local
+    assert storage.uri("exp1") == f"s3://{BUCKET}/runs/exp1?endpoint_override={endpoint}&scheme=http"
+    storage.write_json({"a": 1}, "exp1", "x.json")
+    assert _keys(storage.fs, f"{BUCKET}/runs") == [f"{BUCKET}/runs/exp1/x.json"]
+    parent, name = open_experiment(storage.uri("exp1"))
+    assert (parent.root, name) == (f"{BUCKET}/runs", "exp1") and parent.read_json(name, "x.json")
+    from plumbing.errors import UsageError
+
+    with pytest.raises(UsageError, match="--storage nope://x: not a storage URI"):
+        open_storage("nope://x", None)
+
+
+@slow
+def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_the_uri(
+        prepared_root, tmp_path, s3):
+    """Storage only in the bucket: every checkpoint lands there, trials run on both nodes, the
+    driver is killed (-9) and the search resumed from the URI, and evaluate_best from the URI
+    gives the numbers it gives on a local copy of the experiment."""
+    from ray.cluster_utils import Cluster
+
+    endpoint, fs = s3
+    uri = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"
+    root = search_root(prepared_root, tmp_path / "driver", with_test=False)
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        args = ["--samples", "4", "--max-epochs", "3", "--grace-period", "3", "--name", "bucket",
+                "--address", cluster.address, "--storage", uri, *SEARCH_SMALL, "--subset", "4000"]
+        proc = _start_search(root, args)
+        exp = f"{BUCKET}/runs/bucket"
+        # killed once the bucket holds the experiment's state and some trial's first checkpoint
+        assert _wait_for(lambda: any("experiment_state" in k for k in _keys(fs, exp)) and any(
+            "/checkpoint_" in k for k in _keys(fs, exp)), timeout=300), _stderr(proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _stderr(proc)
+        resumed = run_cli("tuning.search", "--name", "bucket", "--resume", "--storage", uri,
+                          "--address", cluster.address, root=root)
+    finally:
+        cluster.shutdown()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (root / "ray_results").exists(), "nothing of the experiment on the driver's disk"
+    table = trials_csv(root, "bucket")
+    assert len(table) == 4 and (table["status"] == "completed").all()
+    keys = _keys(fs, exp)
+    nodes = set()
+    for trial_id in table["trial_id"]:
+        trial = f"{exp}/trial_{trial_id}"
+        assert {f"{trial}/checkpoint_00000{i}/state.pt" for i in range(3)} <= set(keys), trial_id
+        with fs.open_input_stream(f"{trial}/progress.csv") as f:
+            progress = pd.read_csv(f)
+        assert progress["epoch"].tolist() == [1, 2, 3], trial_id
+        nodes.update(progress["node_id"])
+    assert len(nodes) == 2, "trials ran on both nodes"
+    assert f"{BUCKET}/runs/bucket/search_options.json" in keys
+
+    # evaluate from the URI, in a root that never saw the search, and from a local copy
+    def evaluate(experiment: str, where) -> dict:
+        proc = run_cli("tuning.evaluate_best", "--experiment", experiment,
+                       root=search_root(prepared_root, where, with_test=True))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((where / "artifacts/best/metrics.json").read_text())
+
+    from_uri = evaluate(f"s3://{BUCKET}/runs/bucket?endpoint_override={endpoint}&scheme=http",
+                        tmp_path / "eval-uri")
+    local = tmp_path / "copy" / "bucket"
+    pafs.copy_files(exp, str(local), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    from_copy = evaluate(str(local), tmp_path / "eval-copy")
+    assert from_uri == from_copy and from_uri["trial_id"] in set(table["trial_id"])
+
+
+@slow
+def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root, tmp_path):
+    """`ray start --head` on loopback with token auth (RAY_AUTH_MODE=token), then `ray job submit` of a
+    small search with --address auto: the job SUCCEEDED and its log holds the best-trial line."""
+    import socket
+
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    gcs, dashboard = ports
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("EMOTION_DATA_DIR", None)
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+
+    def ray(*args, timeout=300):
+        return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    assert ray("get-auth-token", "--generate").returncode == 0
+    up = ray("start", "--head", "--port", str(gcs), "--num-cpus", "2", "--node-ip-address",
+             "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard))
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        runtime_env = json.dumps({"env_vars": {"EMOTION_ROOT": str(root), "PYTHONUNBUFFERED": "1"}})
+        job = ray("job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                  "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "tuning.search",
+                  "--address", "auto", "--samples", "2", "--max-epochs", "1", "--name", "job",
+                  *SEARCH_SMALL, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        job_id = next(w for line in job.stdout.splitlines() for w in line.split()
+                      if w.startswith("raysubmit_"))
+        status = ray("job", "status", "--address", f"http://127.0.0.1:{dashboard}", job_id)
+        assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+        logs = ray("job", "logs", "--address", f"http://127.0.0.1:{dashboard}", job_id)
+        assert "best trial" in logs.stdout and "python -m tuning.evaluate_best" in logs.stdout
+        # without the token mode the CLI is refused: what the README tells users to set
+        no_token = subprocess.run([ray_cli, "job", "status", "--address",
+                                   f"http://127.0.0.1:{dashboard}", job_id],
+                                  env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"},
+                                  capture_output=True, text=True, timeout=120, check=False)
+        assert "SUCCEEDED" not in no_token.stdout
+    finally:
+        ray("stop", "--force")
+    assert len(trials_csv(root, "job")) == 2
+    assert (root / "ray_results" / "job").is_dir()
