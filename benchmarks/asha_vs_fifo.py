@@ -33,9 +33,10 @@ from common import (  # benchmarks/common.py
 from plumbing.paths import paths
 
 
-def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame, list[dict]]:
-    """Run a search; its epochs in time order, and its trials' params in the order they started."""
-    wall = run_search(name, samples, flags)
+def run(name: str, samples: int, flags: list[str] | None) -> tuple[float, pd.DataFrame, list[dict]]:
+    """Run a search (flags None: read the finished one); its epochs in time order, and its
+    trials' params in the order they started."""
+    wall = run_search(name, samples, flags) if flags is not None else None
     trials = trials_in_start_order(paths().ray_results / name)
     epochs = pd.concat([progress for _, progress in trials]).sort_values("timestamp", kind="stable")
     return wall, epochs.reset_index(drop=True), [params for params, _ in trials]
@@ -44,32 +45,37 @@ def run(name: str, samples: int, flags: list[str]) -> tuple[float, pd.DataFrame,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--asha-grace", type=int, default=1, help="ASHA's grace period (default 1)")
+    ap.add_argument("--fifo", metavar="NAME", help="reuse this finished FIFO run of ray_results/ "
+                    "(its wall time is then not known: null)")
     ap.add_argument("extra", nargs="*", help="more flags for tuning.search (after --)")
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from tuning.search import parse_args
 
     max_epochs = parse_args(args.extra).max_epochs
-    fifo_wall, fifo, configs = run(f"fifo-{stamp}", args.samples,
-                                   ["--grace-period", str(max_epochs), *args.extra])
+    fifo_wall, fifo, configs = run(args.fifo or f"fifo-{stamp}", args.samples, None if args.fifo
+                                   else ["--grace-period", str(max_epochs), *args.extra])
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(configs, f)
-    asha_wall, asha, _ = run(f"asha-{stamp}", args.samples, ["--points", f.name, *args.extra])
+    asha_wall, asha, _ = run(f"asha-{stamp}", args.samples, ["--points", f.name, "--grace-period",
+                                                             str(args.asha_grace), *args.extra])
     runs = {"fifo": (fifo_wall, fifo), "asha": (asha_wall, asha)}
     result = {}
     for run_name, (wall, epochs) in runs.items():
         best = float(epochs["val_f1"].max())
-        result.update({f"{run_name}_epochs": len(epochs), f"{run_name}_wall_s": round(wall, 1),
+        result.update({f"{run_name}_epochs": len(epochs), f"{run_name}_wall_s": wall and round(wall, 1),
                        f"{run_name}_best_val_f1": round(best, 4),
                        f"{run_name}_epochs_to_best": epochs_to(epochs, best)})
     fifo_best = fifo["val_f1"].max()
     result.update(
         asha_reached_fifo_best=bool(asha["val_f1"].max() >= fifo_best - 1e-9),
-        epoch_ratio=round(len(asha) / len(fifo), 3), wall_ratio=round(asha_wall / fifo_wall, 3),
+        epoch_ratio=round(len(asha) / len(fifo), 3), wall_ratio=fifo_wall and round(asha_wall / fifo_wall, 3),
+        asha_grace=args.asha_grace,
         snapshot_warnings=sum(snapshot_warnings.values()),
         samples=args.samples, max_epochs=max_epochs, cpu=cpu_model())
     lines = [f"{run_name.upper()}: {result[f'{run_name}_epochs']} epochs in "
-             f"{result[f'{run_name}_wall_s']:.0f} s, best val_f1 {result[f'{run_name}_best_val_f1']:.4f}"
+             f"{result[f'{run_name}_wall_s']} s, best val_f1 {result[f'{run_name}_best_val_f1']:.4f}"
              f" first reached after {result[f'{run_name}_epochs_to_best']} epochs" for run_name in runs]
     return finish("; ".join(lines) + f"; ASHA/FIFO epochs {result['epoch_ratio']}, wall "
                   f"{result['wall_ratio']}; ASHA reached FIFO's best: "
@@ -79,6 +85,7 @@ def main() -> int:
 def epochs_to(epochs: pd.DataFrame, value: float) -> int:
     """Epochs trained (all trials, in time order) when the running best first reached `value`."""
     return int(epochs.index[epochs["val_f1"].cummax() >= value - 1e-9][0]) + 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

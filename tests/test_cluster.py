@@ -59,6 +59,9 @@ def test_storage_paths_keep_the_query_and_never_paste_onto_it(s3):
 
     with pytest.raises(UsageError, match="--storage nope://x: not a storage URI"):
         open_storage("nope://x", None)
+    local = open_storage("file:///tmp/exps", None)  # a file:// URI is a local folder
+    assert local.is_local and local.root == "/tmp/exps" and local.ray_kwargs() == {
+        "storage_path": "/tmp/exps", "storage_filesystem": None}
 
 
 @slow
