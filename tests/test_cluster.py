@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
-from tests.test_search import _start_search, _stderr, _wait_for, trials_csv
+from tests.test_search import _start_search, _stderr, _wait_for, assert_epochs, trials_csv
 
 slow = pytest.mark.slow
 BUCKET = "exps"
@@ -104,11 +104,7 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
         assert {f"{trial}/checkpoint_00000{i}/state.pt" for i in range(3)} <= set(keys), trial_id
         with fs.open_input_stream(f"{trial}/progress.csv") as f:
             progress = pd.read_csv(f)
-        # a trial whose first epoch came after the last state upload before the kill starts
-        # again from scratch on resume: Tune appends the replayed epoch, with the same numbers
-        assert progress.drop_duplicates("epoch")["epoch"].tolist() == [1, 2, 3], trial_id
-        replayed = progress[progress["epoch"].duplicated(keep=False)]
-        assert (replayed.groupby("epoch")["val_f1"].nunique() == 1).all(), trial_id
+        assert_epochs(progress, 3, trial_id)  # a replayed epoch repeats its numbers
         nodes.update(progress["node_id"])
     assert len(nodes) == 2, "trials ran on both nodes"
     assert f"{BUCKET}/runs/bucket/search_options.json" in keys

@@ -161,6 +161,12 @@ def main(argv=None) -> int:
         print(f"  baseline {row['model']}: test accuracy {row['test_accuracy']:.4f}  macro-F1 "
               f"{row['test_f1_macro']:.4f}", file=sys.stderr)
     print(f"wrote {p.best}/ (report.md, metrics.json, model.pt, plots)", file=sys.stderr)
+    if opts.get("mlflow"):  # the search was tracked: the evaluation joins its experiment
+        from tuning.tracking import log_evaluation
+
+        run_id = log_evaluation(opts["mlflow"], name, m, p.best, model)
+        print(f"MLflow: run {run_id} (evaluate_best) in experiment {name!r}: mlflow ui "
+              f"--backend-store-uri {opts['mlflow']}", file=sys.stderr)
     print(json.dumps({"accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
                       "f1_weighted": m["f1_weighted"], "val_f1": m["val_f1"],
                       "trial_id": m["trial_id"]}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -32,12 +33,13 @@ def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
         raise DataError(f"{where}: cannot read the experiment ({type(e).__name__}: {e})") from None
 
 
-def _status(trial, history: pd.DataFrame | None, max_epochs: int) -> str:
-    if trial.status == "ERROR":
+def trial_status(ray_status: str, last: Mapping | None, max_epochs: int) -> str:
+    """What became of a trial, from Ray's status and its last report: completed, early_stopped
+    (its own patience), diverged, asha_stopped, error, unfinished or no_result."""
+    if ray_status == "ERROR":
         return "error"
-    if trial.status != "TERMINATED":
+    if ray_status != "TERMINATED":
         return "unfinished"
-    last = history.iloc[-1] if history is not None and len(history) else None
     if last is None:
         return "no_result"
     own = last.get("status")
@@ -54,8 +56,9 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         history = frames.get(trial.trial_id)
         has = history is not None and len(history) and METRIC in history
         cfg = trial.config
+        last = history.iloc[-1] if has else None
         row = {"trial_id": trial.trial_id,
-               "status": _status(trial, history if has else None, cfg.get("epochs", 0))}
+               "status": trial_status(trial.status, last, cfg.get("epochs", 0))}
         row.update({k: cfg.get(k, DEFAULTS[k]) for k in CONFIG_COLUMNS})
         row["seed"] = int(history["seed"].iloc[-1]) if has and "seed" in history else None
         if has:

@@ -26,6 +26,7 @@ from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
+STATE_SNAPSHOT_S = 1
 
 
 def parse_args(argv=None):
@@ -56,6 +57,10 @@ def parse_args(argv=None):
                     help="ASHA: keep 1/this of the trials at each rung (default 3)")
     ap.add_argument("--optuna-storage", metavar="URL",
                     help="keep the Optuna study in this database, e.g. sqlite:///artifacts/optuna.db")
+    ap.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
+                    help="track the trials in MLflow: one run per trial (with no value: "
+                         "sqlite:///artifacts/mlflow.db; on a cluster: http://HEAD:5000 of an "
+                         "`mlflow server`)")
     ap.add_argument("--space", metavar="FILE", help="YAML/JSON ranges laid over tuning/space.py")
     ap.add_argument("--points", metavar="FILE",
                     help="YAML/JSON list of configurations to try first, in order (instead of "
@@ -134,6 +139,9 @@ def main(argv=None) -> int:
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
                 "subset")}
+            from tuning.tracking import tracking_uri
+
+            opts["mlflow"] = tracking_uri(args.mlflow, p)
             opts["name"] = name
             opts["points"] = points
 
@@ -171,6 +179,9 @@ def main(argv=None) -> int:
             tuner = make_tuner(opts, trainable, storage)
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        # The experiment state (what a resume after kill -9 knows) is saved every second; Tune's
+        # default is every 10 s or more, and a trial would redo up to that much (README, Outputs)
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SNAPSHOT_S))
         tuner.fit()
         import ray
 
@@ -178,6 +189,10 @@ def main(argv=None) -> int:
         from tuning.results import write_reports
 
         table = write_reports(storage, name, report_dir)
+        if opts.get("mlflow"):
+            from tuning.tracking import drop_orphan_runs
+
+            drop_orphan_runs(opts["mlflow"], name, table["trial_id"])
 
     unfinished = int((table["status"] == "unfinished").sum())
     started = len(table)

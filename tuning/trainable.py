@@ -95,6 +95,11 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         study_name=opts["name"],
         storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
     )
+    callbacks = []
+    if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
+        from tuning.tracking import TrialRuns
+
+        callbacks.append(TrialRuns(opts["mlflow"], opts["name"], opts["max_epochs"]))
     scheduler = ASHAScheduler(time_attr="epoch", max_t=opts["max_epochs"],
                               grace_period=opts["grace_period"],
                               reduction_factor=opts["reduction_factor"])
@@ -114,6 +119,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=opts["name"],
+            callbacks=callbacks,
             **storage.ray_kwargs(),  # a folder, or a cloud filesystem and the path on it
             # Every epoch's checkpoint is kept: a cap (num_to_keep=K) makes Tune snapshot the
             # experiment state whenever a trial has written K checkpoints since the last one

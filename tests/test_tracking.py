@@ -1,0 +1,131 @@
+"""MLflow tracking (--mlflow): one run per trial, resumable, evaluate_best's run, a tracking server;
+and YAML configs for model.train."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.test_search import _finished_progress, _start_search, _stderr, _wait_for, trials_csv
+from tuning.results import CONFIG_COLUMNS
+
+slow = pytest.mark.slow
+
+
+def _runs(uri: str, experiment: str, phase: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client, client.search_runs([exp.experiment_id], f"tags.phase = '{phase}'")
+
+
+def _assert_runs_match_the_trials(uri: str, root, name: str) -> None:
+    """One run per trial: params equal to trials.csv, val_f1 history equal to Tune's."""
+    table = trials_csv(root, name).set_index("trial_id")
+    client, runs = _runs(uri, name, "search")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(table.index)
+    for run in runs:
+        trial_id = run.data.tags["trial_id"]
+        row = table.loc[trial_id]
+        for key in [*CONFIG_COLUMNS, "seed"]:
+            logged, expected = run.data.params[key], row[key]
+            assert (float(logged) == float(expected) if isinstance(expected, float)
+                    else logged == str(expected)), (trial_id, key, logged, expected)
+        assert run.data.tags["status"] == row["status"] and run.info.status == "FINISHED"
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_f1")}
+        progress = pd.read_csv(root / "ray_results" / name / f"trial_{trial_id}" / "progress.csv")
+        assert history == dict(zip(progress["epoch"], progress["val_f1"])), trial_id
+
+
+@slow
+def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evaluation(
+        prepared_root, tmp_path):
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    uri = f"sqlite:///{root / 'artifacts' / 'mlflow.db'}"
+    exp = root / "ray_results" / "tracked"
+    driver = _start_search(root, ["--samples", "4", "--max-epochs", "3", "--grace-period", "3",
+                                  "--name", "tracked", "--mlflow", *SEARCH_SMALL, "--subset",
+                                  "4000"])
+    assert _wait_for(lambda: len(_finished_progress(exp, 3)) >= 1), _stderr(driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    _stderr(driver)
+    proc = run_cli("tuning.search", "--name", "tracked", "--resume", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_runs_match_the_trials(uri, root, "tracked")  # the resume added no duplicate run
+
+    shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")
+    proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/tracked", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "artifacts/best/metrics.json").read_text())
+    client, [evaluation] = _runs(uri, "tracked", "evaluate")
+    assert evaluation.data.metrics["test_accuracy"] == metrics["accuracy"]
+    assert evaluation.data.metrics["test_f1_macro"] == metrics["f1_macro"]
+    assert evaluation.data.tags["trial_id"] == metrics["trial_id"]
+    logged = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"report.md", "model.pt", "classification_report.csv", "confusion_matrix.png"} <= logged
+    versions = client.search_model_versions("name = 'emotion-lstm'")
+    assert [v.run_id for v in versions] == [evaluation.info.run_id]
+
+
+@slow
+def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
+    """The multi-node way: an `mlflow server` (here on loopback), the search given its URL."""
+    root = search_root(prepared_root, tmp_path / "root", with_test=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen(
+        [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            try:
+                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        assert _wait_for(up, timeout=120), "mlflow server did not start"
+        proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
+                       "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL, root=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _assert_runs_match_the_trials(uri, root, "served")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_model_train_reads_yaml_configs_with_the_same_one_line_errors(prepared_root, tmp_path):
+    good = tmp_path / "small.yaml"
+    good.write_text("embedding_dim: 16\nhidden_size: 16\nbatch_size: 256\nepochs: 1\n")
+    proc = run_cli("model.train", "--config", str(good), "--subset", "300", root=prepared_root)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    config = json.loads((prepared_root / summary["checkpoint"]).parent.joinpath("config.json")
+                        .read_text())
+    assert config["hidden_size"] == 16 and config["epochs"] == 1
+    for text, needle in (("hiden_size: 8\n", "'hiden_size'"), ("lr: [1, 2\n", "cannot parse"),
+                         ("lr: -1\n", "'lr'")):
+        bad = tmp_path / "bad.yml"
+        bad.write_text(text)
+        proc = run_cli("model.train", "--config", str(bad), root=prepared_root)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

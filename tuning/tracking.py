@@ -1,0 +1,147 @@
+"""Experiment tracking in MLflow (optional: `pip install -e ".[tracking]"`, or `make install`).
+
+One MLflow experiment per search, named as the search; one run per trial, logged by Ray Tune's
+`MLflowLoggerCallback` from the driver (so a cluster's workers need no access to the tracking
+store); evaluate_best's test figures, report and model in one more run of the same experiment.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from model.config import TrainConfig, from_trial_params
+from plumbing.errors import UsageError
+from plumbing.paths import Paths
+
+# per epoch, as metric history (step = epoch)
+EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s")
+REGISTERED_MODEL = "emotion-lstm"
+STORES = ("sqlite:///", "postgresql://", "mysql://", "mssql://", "http://", "https://",
+          "databricks")
+
+
+def tracking_uri(flag: str | None, p: Paths) -> str | None:
+    """`--mlflow` with no value: a SQLite store under artifacts/ (one machine); a URL: a tracking
+    server (`mlflow server` on the head node, for a cluster)."""
+    if flag is None:
+        return None
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise UsageError("--mlflow: MLflow is not installed (pip install -e \".[tracking]\")") from None
+    if flag == "":
+        p.artifacts.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{p.artifacts / 'mlflow.db'}"
+    if not flag.startswith(STORES):  # MLflow 3 refuses its old file store (./mlruns)
+        raise UsageError(f"--mlflow {flag}: expected a database URI (sqlite:///PATH.db, "
+                         f"postgresql://...) or a tracking server URL (http://HOST:5000)")
+    return flag
+
+
+class TrialRuns(MLflowLoggerCallback):
+    """One MLflow run per trial: the trial's config as params (its own seed included, as in
+    trials.csv), EPOCH_METRICS per epoch, and tags trial_id, phase and status (set when the trial
+    ends: completed, asha_stopped, early_stopped, diverged, error).
+
+    Resumable: a resumed search finds each trial's run by its trial_id tag and goes on logging to
+    it, so it adds no duplicate runs (an epoch Tune replays is logged again at its own step, with
+    the same value)."""
+
+    def __init__(self, uri: str, experiment: str, max_epochs: int, phase: str = "search"):
+        super().__init__(uri, experiment_name=experiment, tags={"phase": phase})
+        self.max_epochs = max_epochs
+        self._last: dict = {}
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def log_trial_start(self, trial) -> None:
+        if trial in self._trial_runs:
+            return
+        client = self._client()
+        found = client.search_runs([self.mlflow_util.experiment_id],
+                                   f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+        if found:  # resumed: the trial's run is there already, params included
+            self._trial_runs[trial] = found[0].info.run_id
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return
+        run = client.create_run(self.mlflow_util.experiment_id, run_name=f"trial_{trial.trial_id}",
+                                tags={**self.tags, "trial_id": trial.trial_id, "status": "running"})
+        self._trial_runs[trial] = run.info.run_id
+        from mlflow.entities import Param
+
+        # every field, defaults included, as trials.csv has them
+        params = TrainConfig.from_flat(from_trial_params(trial.config)).to_flat()
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def _run_id(self, trial) -> str:
+        """The trial's run (Tune can report the error of a trial it never started)."""
+        self.log_trial_start(trial)
+        return self._trial_runs[trial]
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), int(result["epoch"])
+        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS
+                   if isinstance(result.get(k), int | float) and math.isfinite(result[k])]
+        self._client().log_batch(self._run_id(trial), metrics=metrics)
+        self._last[trial] = result
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        from tuning.results import trial_status
+
+        run_id = self._run_id(trial)
+        status = trial_status("ERROR" if failed else "TERMINATED", self._last.get(trial),
+                              self.max_epochs)
+        client = self._client()
+        client.set_tag(run_id, "status", status)
+        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def drop_orphan_runs(uri: str, experiment: str, trial_ids) -> int:
+    """Delete the runs of trials the experiment does not know: a trial started after the last
+    saved state of a driver killed with -9 is not resumed (the searcher suggests a new one), so
+    its run would stand beside its replacement's. Returns how many were deleted."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    known = set(trial_ids)
+    orphans = [r for r in client.search_runs([exp.experiment_id], "tags.phase = 'search'")
+               if r.data.tags.get("trial_id") not in known]
+    for run in orphans:
+        client.delete_run(run.info.run_id)
+    return len(orphans)
+
+
+def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model) -> str:
+    """evaluate_best's run: test metrics, everything in `folder` (report.md, plots, CSVs,
+    metrics.json, model.pt), and the model in MLflow's PyTorch flavour, registered as a version
+    of REGISTERED_MODEL (database stores and tracking servers have a registry). Returns the run
+    id."""
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="evaluate_best",
+                          tags={"phase": "evaluate", "trial_id": metrics["trial_id"]}) as run:
+        mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
+                            "test_f1_macro": metrics["f1_macro"],
+                            "test_f1_weighted": metrics["f1_weighted"],
+                            "val_f1": metrics["val_f1"], "val_acc": metrics["val_acc"]})
+        mlflow.log_params({"trial_id": metrics["trial_id"], "best_epoch": metrics["best_epoch"]})
+        mlflow.log_artifacts(str(folder))
+        # the requirement named, not inferred (inference imports the model in a subprocess);
+        # pickled, not traced: the forward pass branches on the batch's lengths
+        flavour = {"name": "model", "serialization_format": "pickle",
+                   "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
+        mlflow.pytorch.log_model(model, registered_model_name=REGISTERED_MODEL, **flavour)
+        return run.info.run_id
