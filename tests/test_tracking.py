@@ -15,7 +15,14 @@ import pandas as pd
 import pytest
 
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
-from tests.test_search import _finished_progress, _start_search, _stderr, _wait_for, trials_csv
+from tests.test_search import (
+    SNAPSHOT_S,
+    _finished_progress,
+    _start_search,
+    _stderr,
+    _wait_for,
+    trials_csv,
+)
 from tuning.results import CONFIG_COLUMNS
 
 slow = pytest.mark.slow
@@ -50,7 +57,8 @@ def _assert_runs_match_the_trials(uri: str, root, name: str) -> None:
 
 @slow
 def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evaluation(
-        prepared_root, tmp_path):
+        prepared_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     root = search_root(prepared_root, tmp_path, with_test=False)
     uri = f"sqlite:///{root / 'artifacts' / 'mlflow.db'}"
     exp = root / "ray_results" / "tracked"

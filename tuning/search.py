@@ -26,7 +26,6 @@ from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
-STATE_SNAPSHOT_S = 1
 
 
 def parse_args(argv=None):
@@ -179,9 +178,6 @@ def main(argv=None) -> int:
             tuner = make_tuner(opts, trainable, storage)
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        # The experiment state (what a resume after kill -9 knows) is saved every second; Tune's
-        # default is every 10 s or more, and a trial would redo up to that much (README, Outputs)
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SNAPSHOT_S))
         tuner.fit()
         import ray
 
