@@ -1,6 +1,13 @@
-"""Screenshots of the Ray dashboard during a real search (headless Debian chromium)."""
-import os, sys, time, pathlib
+"""Screenshots of the Ray dashboard during a real search (headless Debian chromium), for the README.
+
+Start a search with the dashboard on 127.0.0.1:8265, then, with a Python that has playwright:
+python docs/screenshots.py docs/
+"""
+import pathlib
+import sys
+
 from playwright.sync_api import sync_playwright
+
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 token = (pathlib.Path.home() / ".ray" / "auth_token").read_text().strip()
 base = "http://127.0.0.1:8265"
