@@ -5,6 +5,7 @@ Run with a Python that has playwright, Debian's chromium installed: python docs/
 import pathlib
 import sys
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
@@ -18,7 +19,7 @@ with sync_playwright() as p:
     for sel in ['[aria-label="Close"]', 'button:has-text("×")']:
         try:
             page.locator(sel).last.click(timeout=2000); break
-        except Exception:
+        except PlaywrightTimeout:  # no assistant panel to close
             print("no", sel)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(out / "mlflow-runs.png"))
