@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     with experiment_lock(report_dir / ".lock", name):
         from ray import tune
 
+        from tuning.results import OPTIONS_FILE, search_options
+
         exists = storage.is_experiment(name)
         if args.resume and not exists:
             raise UsageError(f"--resume: no experiment {name!r} in {storage.text}")
@@ -127,8 +129,6 @@ def main(argv=None) -> int:
             raise UsageError(f"experiment {name!r} already exists in {storage.text}: continue it "
                              f"with --resume, or pick another --name")
         if args.resume:  # the settings are the experiment's own, as first started
-            from tuning.results import OPTIONS_FILE, search_options
-
             opts = search_options(report_dir, storage, name)
             if opts is None:
                 raise DataError(f"--resume: {report_dir / OPTIONS_FILE} is missing, and "
@@ -152,7 +152,6 @@ def main(argv=None) -> int:
         if opts["subset"]:
             splits = splits.head(opts["subset"], opts["subset"])
         from tuning.cluster import default_concurrency, start_ray
-        from tuning.results import OPTIONS_FILE
         from tuning.trainable import make_trainable, make_tuner
 
         start_ray(args)
