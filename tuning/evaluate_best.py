@@ -27,7 +27,7 @@ from model.config import TrainConfig, from_trial_params
 from model.data import Splits, load_processed
 from model.loop import evaluate, train_epochs
 from plumbing.cli import ArgumentParser, non_negative_int, run_main
-from plumbing.errors import DataError, UsageError
+from plumbing.errors import DataError
 from plumbing.files import atomic_folder
 from plumbing.paths import Paths, paths
 
@@ -75,8 +75,6 @@ def find_experiment(p: Paths, flag: str | None):
     from tuning.storage import open_experiment, open_storage
 
     if flag:
-        if "://" not in flag and not Path(flag).is_dir():
-            raise UsageError(f"--experiment {flag}: no such folder")
         return open_experiment(flag)
     storage = open_storage(None, p.ray_results)
     name = storage.latest_experiment()

@@ -101,9 +101,13 @@ def open_experiment(text: str, flag: str = "--experiment") -> tuple[Storage, str
     """`--experiment FOLDER|URI` (its last path part is the experiment's name) -> the storage it
     lives in, and the name."""
     storage = open_storage(text, Path(text), flag)
+    if storage.is_local and not Path(storage.root).is_dir():
+        raise UsageError(f"{flag} {text}: no such folder")
     parent, name = posixpath.split(storage.root)
     if not name:
         raise UsageError(f"{flag} {text}: name an experiment folder (…/NAME)")
-    parent_text = str(Path(text).resolve().parent) if storage.is_local else urlunsplit(
-        urlsplit(text)._replace(path=posixpath.dirname(urlsplit(text).path.rstrip("/"))))
-    return Storage(storage.fs, parent, parent_text), name
+    if storage.is_local:
+        return Storage(storage.fs, parent, parent), name
+    split = urlsplit(text)
+    parent_uri = urlunsplit(split._replace(path=posixpath.dirname(split.path.rstrip("/"))))
+    return Storage(storage.fs, parent, parent_uri), name
