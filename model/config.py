@@ -96,8 +96,10 @@ class RunConfig(_Checked):
 SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "run": RunConfig}
 HYPERPARAMETERS = tuple(f.name for section in (ModelConfig, OptimConfig) for f in fields(section))
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
-# The key a search adds to each trial's config: the seed that trial seeds are derived from.
+# The keys a search adds to each trial's config: the seed that trial seeds are derived from, and
+# (intensification trials only) which extra seed of its configuration the trial is: 1, 2, ...
 SEARCH_SEED_KEY = "search_seed"
+REPLICATE_KEY = "replicate"
 
 
 @dataclass(frozen=True)
@@ -140,16 +142,21 @@ def trial_seed(params: dict) -> int:
     batch order: retries, resumes and reruns included, whatever order or node the trials ran
     in, and whatever the run settings (RUN_KEYS): the same configuration rerun with more epochs,
     more threads or on a GPU starts from the same seed, so only the setting changed differs.
+    Replicate r > 0 (an intensification trial: the same hyperparameters, another seed) hashes r
+    in too; replicate 0 is the search's own trial.
     """
     hyper = {k: params.get(k, DEFAULTS[k]) for k in HYPERPARAMETERS}
-    blob = json.dumps([params.get(SEARCH_SEED_KEY, 0), hyper], sort_keys=True).encode()
+    key = [params.get(SEARCH_SEED_KEY, 0), hyper]
+    if params.get(REPLICATE_KEY, 0):
+        key.append(params[REPLICATE_KEY])
+    blob = json.dumps(key, sort_keys=True).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
 
 
 def from_trial_params(params: dict) -> dict:
     """A search trial's params (its Tune config) -> the flat config it trains with: the search
-    seed replaced by the trial's own seed."""
-    flat = {k: v for k, v in params.items() if k != SEARCH_SEED_KEY}
+    seed and replicate replaced by the trial's own seed."""
+    flat = {k: v for k, v in params.items() if k not in (SEARCH_SEED_KEY, REPLICATE_KEY)}
     return {**flat, "seed": flat.get("seed", trial_seed(params))}
 
 

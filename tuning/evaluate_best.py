@@ -97,11 +97,11 @@ def main(argv=None) -> int:
     from tuning.baselines import baselines
     from tuning.report import plot_confusion, plot_learning_curve, plot_search_history, write_report
     from tuning.results import (
-        best_trial,
         hyperparameter_importance,
         load_experiment,
         search_options,
         trials_frame,
+        winner,
     )
     from tuning.trainable import CHECKPOINT_FILE
 
@@ -110,19 +110,25 @@ def main(argv=None) -> int:
     trials = trials_frame(analysis)
     if not trials["best_val_f1"].notna().any():
         raise DataError(f"{storage.uri(name)}: no trial finished an epoch")
-    trial, checkpoint = best_trial(analysis)
+    trial, checkpoint, choice = winner(analysis, trials)
     with checkpoint.as_directory() as folder:
         state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     splits = load_processed(p, with_test=True)
     check_checkpoint(state, splits.vocab_sha256)
     model = model_from_checkpoint(state)
+    if choice["candidates"]:
+        per_seed = ", ".join(f"{seed['val_f1']:.4f}" for seed in choice["seeds"])
+        print(f"winner: the configuration with the best mean val_f1 over seeds, "
+              f"{choice['mean_val_f1']:.4f} ± {choice['std_val_f1']:.4f} (seeds: {per_seed}); "
+              f"its best seed:", file=sys.stderr)
     print(f"best trial {trial.trial_id}: val_f1 {state['metrics']['val_f1']:.4f} at epoch "
           f"{state['epoch']}; evaluating once on the test split", file=sys.stderr)
     res = evaluate(model, splits.test)
     m = test_metrics(splits.test.labels.numpy(), res["logits"].argmax(1).numpy())
     m.update(val_f1=state["metrics"]["val_f1"], val_acc=state["metrics"]["val_acc"],
              trial_id=trial.trial_id, best_epoch=state["epoch"], seed=state["config"]["seed"],
-             config=state["config"], experiment=name, test_rows=len(splits.test))
+             config=state["config"], experiment=name, test_rows=len(splits.test),
+             selection=choice)
 
     print("baselines (majority, TF-IDF + LinearSVC)...", file=sys.stderr)
     base = baselines(p)

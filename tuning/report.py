@@ -62,10 +62,13 @@ def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = {"completed": "tab:blue", "early_stopped": "tab:green", "asha_stopped": "tab:orange",
               "error": "tab:red", "unfinished": "tab:gray"}
-    for status, group in done.groupby("status"):
-        ax.scatter(group.index + 1, group["best_val_f1"], label=status,
-                   color=colors.get(status, "black"), s=25)
-    ax.plot(done.index + 1, done["best_val_f1"].cummax(), color="black", lw=1, label="running best")
+    for (phase, status), group in done.groupby(["phase", "status"]):
+        ax.scatter(group.index + 1, group["best_val_f1"], color=colors.get(status, "black"), s=25,
+                   marker="o" if phase == "search" else "x",
+                   label=status if phase == "search" else f"{status} (another seed)")
+    search = done[done["phase"] == "search"]
+    ax.plot(search.index + 1, search["best_val_f1"].cummax(), color="black", lw=1,
+            label="running best (search)")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel("best val macro-F1")
@@ -83,15 +86,38 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def how_chosen(m: dict, trials: pd.DataFrame, counts: dict) -> list[str]:
+    """report.md's account of the choice: the rule, and with intensification every candidate's
+    mean and the winner's seeds."""
+    choice = m["selection"]
+    ran = f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())})"
+    if not choice["candidates"]:
+        return [(f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
+                 f"validation macro-F1 among {ran}: one seed per configuration. The test split "
+                 "was read once, here.")]
+    search = int((trials["phase"] == "search").sum())
+    return [
+        (f"Chosen on validation only, in two phases, among {ran}. The search ran {search} "
+         f"configurations (TPE + ASHA); its top {len(choice['candidates'])} then ran again with "
+         f"further seeds for every epoch, and the configuration with the best **mean** "
+         f"validation macro-F1 over its seeds won: {choice['mean_val_f1']:.4f} ± "
+         f"{choice['std_val_f1']:.4f} (std over {len(choice['seeds'])} seeds). The model "
+         f"evaluated is its best seed, trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed "
+         f"{m['seed']}). The test split was read once, here."),
+        "## The winner's seeds (validation)",
+        _table(choice["seeds"], ["trial_id", "phase", "seed", "val_f1", "epoch"]),
+        "## The candidates (validation macro-F1 over their seeds)",
+        _table([{**c, "trial_ids": ", ".join(c["trial_ids"])} for c in choice["candidates"]],
+               ["rank", "mean_val_f1", "std_val_f1", "n_seeds", "trial_ids"]),
+    ]
+
+
 def write_report(out: Path, m: dict, base: list[dict], importance: dict, reseeds: list[dict],
                  trials: pd.DataFrame, experiment: str) -> None:
     counts = trials["status"].value_counts().to_dict()
     parts = [
         f"# Best model of experiment `{experiment}`",
-        (f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
-         f"validation macro-F1 among {len(trials)} trials "
-         f"({', '.join(f'{n} {s}' for s, n in counts.items())}). "
-         "The test split was read once, here."),
+        *how_chosen(m, trials, counts),
         "## Validation vs test",
         _table([{"split": "validation", "accuracy": m["val_acc"], "macro-F1": m["val_f1"]},
                 {"split": "test", "accuracy": m["accuracy"], "macro-F1": m["f1_macro"],

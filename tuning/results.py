@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from model.config import DEFAULTS, HYPERPARAMETERS, from_trial_params
+from model.config import DEFAULTS, HYPERPARAMETERS, REPLICATE_KEY, from_trial_params
 from plumbing.errors import DataError
 from plumbing.files import write_text
+from tuning.intensify import SEARCH, choose, phase
 from tuning.storage import Storage
 from tuning.trainable import METRIC, MODE
 
@@ -49,7 +50,8 @@ def trial_status(ray_status: str, last: Mapping | None, max_epochs: int) -> str:
 
 
 def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
-    """trial id, status, every hyperparameter, best and last val_f1, epochs run, time."""
+    """trial id, status, phase (search or intensify) and replicate, every hyperparameter, seed,
+    best and last val_f1, epochs run, time."""
     frames = analysis.trial_dataframes
     rows = []
     for trial in analysis.trials:
@@ -58,7 +60,8 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         cfg = trial.config
         last = history.iloc[-1] if has else None
         row = {"trial_id": trial.trial_id,
-               "status": trial_status(trial.status, last, cfg.get("epochs", 0))}
+               "status": trial_status(trial.status, last, cfg.get("epochs", 0)),
+               "phase": phase(cfg), "replicate": cfg.get(REPLICATE_KEY, 0)}
         row.update({k: cfg.get(k, DEFAULTS[k]) for k in CONFIG_COLUMNS})
         row["seed"] = int(history["seed"].iloc[-1]) if has and "seed" in history else None
         if has:
@@ -75,15 +78,18 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_trial(analysis: ExperimentAnalysis):
-    """The trial with the highest val_f1 over all its epochs, and that trial's best checkpoint."""
-    trial = analysis.get_best_trial(METRIC, MODE, scope="all")
-    if trial is None:
-        raise DataError(f"{analysis.experiment_path}: no trial reported {METRIC}")
+def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame):
+    """The winning trial (tuning.intensify.choose: the best mean over seeds when the leaders
+    were replicated, else the best single trial), its best-val_f1 checkpoint, and the choice."""
+    try:
+        choice = choose(trials)
+    except ValueError:
+        raise DataError(f"{analysis.experiment_path}: no trial reported {METRIC}") from None
+    trial = next(t for t in analysis.trials if t.trial_id == choice["trial_id"])
     checkpoint = analysis.get_best_checkpoint(trial, METRIC, MODE)
     if checkpoint is None:
         raise DataError(f"{analysis.experiment_path}: best trial {trial.trial_id} kept no checkpoint")
-    return trial, checkpoint
+    return trial, checkpoint, choice
 
 
 def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None:
@@ -104,13 +110,14 @@ def write_reports(storage: Storage, name: str, out_dir: Path) -> pd.DataFrame:
     table = trials_frame(analysis)
     write_text(out_dir / "trials.csv", table.to_csv(index=False))
     if (table["epochs_run"] > 0).any():
-        trial, _ = best_trial(analysis)
+        trial, _, choice = winner(analysis, table)
         row = table[table["trial_id"] == trial.trial_id].iloc[0]
         # "config" is what the winner trained with, its seed included: `python -m model.train
-        # --config best_config.json` retrains it to the same numbers
+        # --config best_config.json` retrains it to the same numbers. "selection": how it won
+        # (the rule, its seeds' mean, std and each seed's figure, the other candidates)
         best = {"trial_id": trial.trial_id, "val_f1": float(row["best_val_f1"]),
                 "epoch": int(row["best_epoch"]), "seed": int(row["seed"]),
-                "config": from_trial_params(trial.config)}
+                "config": from_trial_params(trial.config), "selection": choice}
         write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
     return table
 
@@ -122,7 +129,8 @@ def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, fl
     from tuning.space import to_optuna
 
     dists = to_optuna(space)
-    done = trials[trials["best_val_f1"].notna()]
+    # the search trials only: a replicate adds a seed, not a configuration
+    done = trials[trials["best_val_f1"].notna() & (trials["phase"] == SEARCH)]
     if len(done) < 3 or not dists:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)

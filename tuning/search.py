@@ -1,5 +1,8 @@
 """python -m tuning.search --samples 50: OptunaSearch (TPE) + ASHA over the LSTM's hyperparameters.
 
+Then the intensification stage (tuning/intensify.py): the top --intensify-top configurations run
+again with --intensify-seeds further seeds each, and the best mean validation macro-F1 wins.
+
 The driver loads the processed splits once and ships them to every trial through Ray's object
 store (tune.with_parameters), so trials read no files and a cluster needs no shared data folder.
 """
@@ -26,6 +29,9 @@ from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
+# sized for two cores: 5 x 2 = 10 full runs, about 3 minutes after a 5-minute search (README,
+# "Choosing the winner")
+INTENSIFY_TOP, INTENSIFY_SEEDS = 5, 2
 
 
 def parse_args(argv=None):
@@ -48,8 +54,15 @@ def parse_args(argv=None):
     ap.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
     ap.add_argument("--resume", action="store_true",
                     help="continue the interrupted experiment --name (default: the latest one)")
+    ap.add_argument("--intensify-top", type=non_negative_int, default=INTENSIFY_TOP, metavar="K",
+                    help="after the search, run the K best configurations again with more "
+                         f"seeds; the best mean val macro-F1 wins (default {INTENSIFY_TOP}; 0: "
+                         "off, the best single trial wins)")
+    ap.add_argument("--intensify-seeds", type=non_negative_int, default=INTENSIFY_SEEDS,
+                    metavar="S", help=f"further seeds per configuration (default {INTENSIFY_SEEDS}; "
+                                      "0: off)")
     ap.add_argument("--time-budget-s", type=positive_float, default=None,
-                    help="stop starting new trials after this many seconds")
+                    help="stop starting new trials after this many seconds (both phases)")
     ap.add_argument("--grace-period", type=positive_int, default=None,
                     help="ASHA: epochs every trial gets before it can be stopped (default 1)")
     ap.add_argument("--reduction-factor", type=float, default=3.0,
@@ -137,7 +150,7 @@ def main(argv=None) -> int:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
-                "subset")}
+                "subset", "intensify_top", "intensify_seeds")}
             from tuning.tracking import tracking_uri
 
             opts["mlflow"] = tracking_uri(args.mlflow, p)
@@ -164,8 +177,12 @@ def main(argv=None) -> int:
             # beside the experiment, so that a resume from anywhere finds them, and in the report
             storage.write_json(opts, name, OPTIONS_FILE)
             write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
-        print(f"{opts['samples']} trials, {opts['concurrency']} at once, {opts['cpus_per_trial']} "
-              f"CPU(s) each", file=sys.stderr)
+        from tuning.trainable import stage_trials
+
+        stage = (f", then the top {opts['intensify_top']} again with {opts['intensify_seeds']} more "
+                 f"seed(s) each" if stage_trials(opts) else "")
+        print(f"{opts['samples']} trials{stage}, {opts['concurrency']} at once, "
+              f"{opts['cpus_per_trial']} CPU(s) each", file=sys.stderr)
         trainable = make_trainable(splits, opts["cpus_per_trial"], opts["gpus_per_trial"])
         if args.resume:
             print(f"resuming {name}: finished trials are kept, unfinished and errored ones "
@@ -196,15 +213,29 @@ def main(argv=None) -> int:
     experiment = storage.uri(name)
     print(f"results: {experiment}  report: {report_dir / 'trials.csv'}", file=sys.stderr)
     print(f"TensorBoard: tensorboard --logdir {shlex.quote(experiment)}", file=sys.stderr)
-    if unfinished or started < opts["samples"] and not opts["time_budget_s"]:
+    from tuning.intensify import expected_trials
+
+    if unfinished or started < expected_trials(table, opts) and not opts["time_budget_s"]:
         print(f"search interrupted; resume with: {resume_command(name, args.storage)}", file=sys.stderr)
         return 130
-    best = table.loc[table["best_val_f1"].idxmax()] if table["best_val_f1"].notna().any() else None
-    if best is not None:
-        print(f"best trial {best['trial_id']}: val_f1 {best['best_val_f1']:.4f} "
-              f"(epoch {best['best_epoch']}); next: python -m tuning.evaluate_best "
-              f"--experiment {shlex.quote(experiment)}", file=sys.stderr)
+    best_file = report_dir / "best_config.json"
+    if best_file.is_file():
+        best = json.loads(best_file.read_text())
+        choice = best["selection"]
+        if choice["candidates"]:
+            print(f"winner: mean val_f1 {choice['mean_val_f1']:.4f} ± {choice['std_val_f1']:.4f} "
+                  f"over {len(choice['seeds'])} seeds, best of {len(choice['candidates'])} "
+                  f"configurations run again (next best mean "
+                  f"{_next_best(choice)})", file=sys.stderr)
+        print(f"best trial {best['trial_id']}: val_f1 {best['val_f1']:.4f} (epoch {best['epoch']}); "
+              f"next: python -m tuning.evaluate_best --experiment {shlex.quote(experiment)}",
+              file=sys.stderr)
     return 0
+
+
+def _next_best(choice: dict) -> str:
+    others = choice["candidates"][1:]
+    return f"{others[0]['mean_val_f1']:.4f}" if others else "none"
 
 
 if __name__ == "__main__":

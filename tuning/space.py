@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from ray import tune
 
-from model.config import DEFAULTS, HYPERPARAMETERS, RUN_KEYS, SEARCH_SEED_KEY, TrainConfig
+from model.config import (
+    DEFAULTS,
+    HYPERPARAMETERS,
+    REPLICATE_KEY,
+    RUN_KEYS,
+    SEARCH_SEED_KEY,
+    TrainConfig,
+)
 from plumbing.cli import read_yaml_or_json
 from plumbing.errors import UsageError
 
@@ -155,7 +162,8 @@ def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
     for i, point in enumerate(points, 1):
         where_i = f"{where}: point {i}"
         # a trial's params.json also holds the run settings and the search seed: not searched
-        unknown = sorted(set(point) - set(space) - set(RUN_KEYS) - {SEARCH_SEED_KEY})
+        unknown = sorted(set(point) - set(space) - set(RUN_KEYS)
+                        - {SEARCH_SEED_KEY, REPLICATE_KEY})
         if unknown:
             raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
         point = {k: v for k, v in point.items() if k in space}

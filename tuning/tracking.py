@@ -42,15 +42,15 @@ def tracking_uri(flag: str | None, p: Paths) -> str | None:
 
 class TrialRuns(MLflowLoggerCallback):
     """One MLflow run per trial: the trial's config as params (its own seed included, as in
-    trials.csv), EPOCH_METRICS per epoch, and tags trial_id, phase and status (set when the trial
-    ends: completed, asha_stopped, early_stopped, diverged, error).
+    trials.csv), EPOCH_METRICS per epoch, and tags trial_id, phase (search or intensify) and
+    status (set when the trial ends: completed, asha_stopped, early_stopped, diverged, error).
 
     Resumable: a resumed search finds each trial's run by its trial_id tag and goes on logging to
     it, so it adds no duplicate runs (an epoch Tune replays is logged again at its own step, with
     the same value)."""
 
-    def __init__(self, uri: str, experiment: str, max_epochs: int, phase: str = "search"):
-        super().__init__(uri, experiment_name=experiment, tags={"phase": phase})
+    def __init__(self, uri: str, experiment: str, max_epochs: int):
+        super().__init__(uri, experiment_name=experiment)
         self.max_epochs = max_epochs
         self._last: dict = {}
 
@@ -69,8 +69,11 @@ class TrialRuns(MLflowLoggerCallback):
             self._trial_runs[trial] = found[0].info.run_id
             client.update_run(found[0].info.run_id, status="RUNNING")
             return
+        from tuning.intensify import phase
+
         run = client.create_run(self.mlflow_util.experiment_id, run_name=f"trial_{trial.trial_id}",
-                                tags={**self.tags, "trial_id": trial.trial_id, "status": "running"})
+                                tags={**self.tags, "trial_id": trial.trial_id, "status": "running",
+                                      "phase": phase(trial.config)})
         self._trial_runs[trial] = run.info.run_id
         from mlflow.entities import Param
 
@@ -114,7 +117,7 @@ def drop_orphan_runs(uri: str, experiment: str, trial_ids) -> int:
     if exp is None:
         return 0
     known = set(trial_ids)
-    orphans = [r for r in client.search_runs([exp.experiment_id], "tags.phase = 'search'")
+    orphans = [r for r in client.search_runs([exp.experiment_id], "tags.phase != 'evaluate'")
                if r.data.tags.get("trial_id") not in known]
     for run in orphans:
         client.delete_run(run.info.run_id)

@@ -73,14 +73,20 @@ def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
     return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
 
 
+def stage_trials(opts: dict) -> int:
+    """How many intensification trials a search's options ask for (0: the stage is off)."""
+    return opts.get("intensify_top", 0) * opts.get("intensify_seeds", 0)
+
+
 def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
-    """The Tuner for a search's options (search_options.json: the CLI flags, as first given)."""
+    """The Tuner for a search's options (search_options.json: the CLI flags, as first given):
+    `samples` trials of OptunaSearch + ASHA, then the intensification trials (tuning/intensify.py)."""
     import optuna
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from tuning import space as space_mod
+    from tuning.intensify import Intensify, StagedASHA
 
     space = space_mod.load_space(opts["space"])
     param_space = space_mod.to_tune(space)
@@ -95,14 +101,17 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         study_name=opts["name"],
         storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
     )
+    if stage_trials(opts):
+        searcher = Intensify(searcher, opts["samples"], opts["intensify_top"],
+                             opts["intensify_seeds"])
     callbacks = []
     if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
         from tuning.tracking import TrialRuns
 
         callbacks.append(TrialRuns(opts["mlflow"], opts["name"], opts["max_epochs"]))
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=opts["max_epochs"],
-                              grace_period=opts["grace_period"],
-                              reduction_factor=opts["reduction_factor"])
+    scheduler = StagedASHA(time_attr="epoch", max_t=opts["max_epochs"],
+                           grace_period=opts["grace_period"],
+                           reduction_factor=opts["reduction_factor"])
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -110,7 +119,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
             metric=METRIC, mode=MODE,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["concurrency"]),
             scheduler=scheduler,
-            num_samples=opts["samples"],
+            num_samples=opts["samples"] + stage_trials(opts),
             time_budget_s=opts["time_budget_s"],
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             # a new trial reuses a finished trial's worker: no new process importing torch and

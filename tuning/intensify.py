@@ -1,0 +1,176 @@
+"""Intensification: after the search phase, the top K configurations run again with S further
+seeds each, and the winner is the configuration with the best *mean* validation macro-F1 over
+its seeds (SMAC's rule: a challenger wins on more than one seed's luck).
+
+The extra runs are trials of the same experiment, suggested by the same searcher (`Intensify`
+wraps OptunaSearch) once every search trial has ended, so they share its data, resources,
+storage, TensorBoard, trials.csv and `--resume`. Each is its configuration's params plus
+`replicate: r` (r = 1..S), which gives it its own seed (model/config.py, `trial_seed`). ASHA
+leaves them alone: they run every epoch, like the runs they are compared with should.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.util import _set_search_properties_backwards_compatible
+
+from model.config import HYPERPARAMETERS, REPLICATE_KEY
+
+SEARCH, INTENSIFY = "search", "intensify"  # the two phases, as trials.csv and MLflow name them
+# statuses whose best val_f1 measures its seed (a diverged run counts, at 0: that seed failed)
+MEASURED = ("completed", "early_stopped", "asha_stopped", "diverged")
+
+
+def phase(config: dict) -> str:
+    return INTENSIFY if config.get(REPLICATE_KEY, 0) else SEARCH
+
+
+class Intensify(Searcher):
+    """The search phase's searcher for `samples` trials, then `top` x `seeds` replicate trials.
+
+    Wrapped like ConcurrencyLimiter (a `.searcher` attribute and get_state/set_state), so Tune
+    saves and restores its state with the experiment's, and the limiter above it caps both
+    phases."""
+
+    def __init__(self, searcher: Searcher, samples: int, top: int, seeds: int):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.samples, self.top, self.seeds = samples, top, seeds
+        self.params: dict[str, dict] = {}   # search trial id -> the params suggested for it
+        self.best: dict[str, float] = {}    # search trial id -> its best metric so far
+        self.ended: set[str] = set()        # search trials that ended (completed or errored)
+        self.queue: list[dict] | None = None  # the replicates still to suggest, once known
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        ok = _set_search_properties_backwards_compatible(
+            self.searcher.set_search_properties, metric, mode, config, **spec)
+        self._metric, self._mode = metric or self._metric, mode or self._mode
+        return ok
+
+    def suggest(self, trial_id: str):
+        if len(self.params) < self.samples:
+            params = self.searcher.suggest(trial_id)
+            if params not in (None, Searcher.FINISHED):
+                self.params[trial_id] = params
+            return params
+        if self.queue is None:
+            if not set(self.params) <= self.ended:
+                return None  # the leaders are known only once every search trial has ended
+            self.queue = replicates(self.params, self.best, self.top, self.seeds, self.mode)
+        return self.queue.pop(0) if self.queue else Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.params:
+            self.searcher.on_trial_result(trial_id, result)
+            if isinstance(result.get(self.metric), int | float):
+                value = result[self.metric] * (1 if self.mode == "max" else -1)
+                self.best[trial_id] = max(value, self.best.get(trial_id, value))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self.params:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            self.ended.add(trial_id)
+
+    def get_state(self) -> dict:
+        state = self.__dict__.copy()
+        del state["searcher"]
+        return copy.deepcopy(state)
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def config_key(config) -> str:
+    """The hyperparameters of a trial (its params or a trials.csv row), as one comparable key."""
+    return json.dumps({k: _plain(config[k]) for k in HYPERPARAMETERS if k in config},
+                      sort_keys=True)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds: int,
+               mode: str = "max") -> list[dict]:
+    """The replicate trials' params: the `top` distinct configurations by best metric, `seeds`
+    times each, in rounds (every leader's replicate 1, then every replicate 2, ...), so that a
+    stage cut short leaves the leaders with equal numbers of seeds."""
+    ranked = sorted((t for t in params if t in best), key=lambda t: -best[t])
+    leaders, seen = [], set()
+    for trial_id in ranked:
+        key = config_key(params[trial_id])
+        if key not in seen:  # the same hyperparameters twice are the same seed, the same run
+            seen.add(key)
+            leaders.append(params[trial_id])
+    leaders = leaders[:top]
+    return [{**p, REPLICATE_KEY: r} for r in range(1, seeds + 1) for p in leaders]
+
+
+class StagedASHA(ASHAScheduler):
+    """ASHA for the search trials; the replicate trials run every epoch."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if phase(trial.config) == INTENSIFY:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if phase(trial.config) == INTENSIFY:
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+def choose(trials: pd.DataFrame) -> dict:
+    """The winner among trials.csv's rows (results.trials_frame) and how it was chosen.
+
+    With intensification trials: the configuration with the best mean best_val_f1 over its
+    measured seeds (MEASURED statuses) (its search trial and its replicates), among those that were replicated; the
+    winning trial is that configuration's best seed. Without: the trial with the best val_f1.
+    Returns {rule, trial_id, mean_val_f1, std_val_f1, seeds: [{trial_id, phase, seed, val_f1,
+    epoch}], candidates: [{rank, mean_val_f1, std_val_f1, n_seeds, trial_ids}]}."""
+    done = trials[trials["best_val_f1"].notna()].copy()
+    if done.empty:
+        raise ValueError("no trial reported val_f1")
+    done["config"] = [config_key(row) for _, row in done.iterrows()]
+    replicated = set(done.loc[done["phase"] == INTENSIFY, "config"])
+    if replicated:  # a replicate cut short (unfinished, error) does not measure its seed
+        pool = done[done["config"].isin(replicated) & done["status"].isin(MEASURED)]
+        rule = (f"mean validation macro-F1 over seeds: the search's top {len(replicated)} "
+                f"configurations, each run again with further seeds")
+    else:
+        pool = done
+        rule = "best validation macro-F1 of a single trial (one seed per configuration)"
+    groups = []
+    for key, group in pool.groupby("config", sort=False):
+        f1 = group["best_val_f1"].astype(float)
+        groups.append({"config": key, "rows": group.sort_values("best_val_f1", ascending=False),
+                       "mean_val_f1": float(f1.mean()),
+                       "std_val_f1": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0})
+    # best mean first; a tie goes to the better best seed, then to the earlier trial
+    groups.sort(key=lambda g: (-g["mean_val_f1"], -float(g["rows"]["best_val_f1"].iloc[0])))
+    winner = groups[0]
+    seeds = [{"trial_id": r["trial_id"], "phase": r["phase"], "seed": int(r["seed"]),
+              "val_f1": float(r["best_val_f1"]), "epoch": int(r["best_epoch"])}
+             for _, r in winner["rows"].iterrows()]
+    return {
+        "rule": rule, "trial_id": seeds[0]["trial_id"], "mean_val_f1": winner["mean_val_f1"],
+        "std_val_f1": winner["std_val_f1"], "seeds": seeds,
+        "candidates": [{"rank": i, "mean_val_f1": g["mean_val_f1"], "std_val_f1": g["std_val_f1"],
+                        "n_seeds": len(g["rows"]), "trial_ids": list(g["rows"]["trial_id"])}
+                       for i, g in enumerate(groups, 1)] if replicated else [],
+    }
+
+
+def expected_trials(trials: pd.DataFrame, opts: dict) -> int:
+    """How many trials a finished search has: its samples, and a replicate per further seed of
+    each leader (fewer leaders when the search had fewer distinct measured configurations)."""
+    top, seeds = opts.get("intensify_top", 0), opts.get("intensify_seeds", 0)
+    searched = trials[(trials["phase"] == SEARCH) & trials["best_val_f1"].notna()]
+    distinct = len({config_key(row) for _, row in searched.iterrows()})
+    return opts["samples"] + min(top, distinct) * seeds
