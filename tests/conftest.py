@@ -53,7 +53,8 @@ def prepared_root(tmp_path_factory) -> Path:
     return root
 
 
-SEARCH_SMALL = ["--subset", "1500", "--no-dashboard", "--cpus-per-trial", "1"]
+# (no intensification stage unless a test asks for it: its trials would change every count)
+SEARCH_SMALL = ["--subset", "1500", "--no-dashboard", "--cpus-per-trial", "1", "--intensify-top", "0"]
 
 
 def search_root(prepared_root: Path, dest: Path, *, with_test: bool) -> Path:
@@ -70,11 +71,13 @@ def search_root(prepared_root: Path, dest: Path, *, with_test: bool) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
-    """A real 4-trial search on a subset, run in a root with no test split (the search must not
-    need it); the test split is copied in afterwards for evaluate_best. Returns the root."""
+    """A real search on a subset: 4 trials, then its top 2 configurations with one more seed
+    each (intensification), run in a root with no test split (the search must not need it); the
+    test split is copied in afterwards for evaluate_best. Returns the root."""
     root = search_root(prepared_root, tmp_path_factory.mktemp("tiny"), with_test=False)
     proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
-                   "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL, root=root)
+                   "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL,
+                   "--intensify-top", "2", "--intensify-seeds", "1", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "search.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
     import shutil

@@ -67,9 +67,10 @@ def test_storage_paths_keep_the_query_and_never_paste_onto_it(s3):
 @slow
 def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_the_uri(
         prepared_root, tmp_path, s3):
-    """Storage only in the bucket: every checkpoint lands there, trials run on both nodes, the
-    driver is killed (-9) and the search resumed from the URI, and evaluate_best from the URI
-    gives the numbers it gives on a local copy of the experiment."""
+    """Storage only in the bucket: every checkpoint lands there, trials of both phases (search,
+    intensification) run on both nodes, the driver is killed (-9) and the search resumed from
+    the URI, and evaluate_best from the URI gives the numbers it gives on a local copy of the
+    experiment."""
     from ray.cluster_utils import Cluster
 
     endpoint, fs = s3
@@ -80,7 +81,8 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         args = ["--samples", "4", "--max-epochs", "3", "--grace-period", "3", "--name", "bucket",
-                "--address", cluster.address, "--storage", uri, *SEARCH_SMALL, "--subset", "4000"]
+                "--address", cluster.address, "--storage", uri, *SEARCH_SMALL, "--subset", "4000",
+                "--intensify-top", "2", "--intensify-seeds", "1"]
         proc = _start_search(root, args)
         exp = f"{BUCKET}/runs/bucket"
         # killed once the bucket holds the experiment's state and some trial's first checkpoint
@@ -96,7 +98,8 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (root / "ray_results").exists(), "nothing of the experiment on the driver's disk"
     table = trials_csv(root, "bucket")
-    assert len(table) == 4 and (table["status"] == "completed").all()
+    assert len(table) == 6 and (table["status"] == "completed").all()
+    assert table["phase"].value_counts().to_dict() == {"search": 4, "intensify": 2}
     keys = _keys(fs, exp)
     nodes = set()
     for trial_id in table["trial_id"]:

@@ -41,8 +41,10 @@ def test_every_output_is_written_and_consistent(evaluated):
     assert [m["per_class"][name]["support"] for name in LABELS] == cm.sum(1).tolist()
     assert cm.sum(1).tolist() == [581, 695, 159, 275, 224, 66]
     assert summary["accuracy"] == m["accuracy"] and summary["trial_id"] == m["trial_id"]
-    trials = pd.read_csv(root / "artifacts/search/tiny/trials.csv")
-    assert m["val_f1"] == pytest.approx(trials["best_val_f1"].max())  # chosen on validation
+    # chosen on validation, as the search chose it: the best mean's best seed
+    best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
+    assert m["trial_id"] == best["trial_id"] and m["selection"] == best["selection"]
+    assert m["val_f1"] == pytest.approx(best["val_f1"]) and m["seed"] == best["seed"]
     assert len(m["reseed"]) == 1 and m["reseed"][0]["seed"] == m["seed"] + 1
     csv = pd.read_csv(best / "confusion_matrix.csv", index_col=0)
     assert csv.values.tolist() == m["confusion_matrix"]
@@ -72,6 +74,10 @@ def test_report_has_baselines_and_importance(evaluated):
     tfidf = next(b for b in m["baselines"] if b["model"].startswith("TF-IDF"))
     assert tfidf["test_accuracy"] > 0.89  # the untuned 1-2 gram setting had 0.880
     assert "Hyperparameter importance" in report and "Other seeds" in report
+    # how the winner was chosen, with its seeds' spread on validation
+    assert "best **mean** validation macro-F1 over its seeds" in report
+    assert f"{m['selection']['mean_val_f1']:.4f} ± {m['selection']['std_val_f1']:.4f}" in report
+    assert "## The winner's seeds (validation)" in report and "## The candidates" in report
     assert set(m["importance"]) <= set(space_mod.SPACE) and m["importance"]
     assert str(root) not in report  # no absolute paths in what users share
 

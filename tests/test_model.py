@@ -263,6 +263,18 @@ def test_the_trial_seed_depends_on_the_hyperparameters_not_the_run_settings():
     assert trial_seed(base) != trial_seed({**base, "search_seed": 2})
 
 
+def test_each_replicate_of_a_configuration_has_a_seed_of_its_own():
+    """Intensification trials: the same hyperparameters with replicate r = 1, 2, ... each train
+    from another seed; replicate 0 is the search's own trial (its seed unchanged)."""
+    from model.config import from_trial_params, trial_seed
+
+    base = {"hidden_size": 64, "lr": 0.003, "search_seed": 1}
+    seeds = [trial_seed({**base, "replicate": r}) for r in range(4)]
+    assert seeds[0] == trial_seed(base) and len(set(seeds)) == 4
+    flat = from_trial_params({**base, "replicate": 2})  # what a replicate's params.json trains
+    assert flat["seed"] == seeds[2] and "replicate" not in flat and "search_seed" not in flat
+
+
 @pytest.mark.parametrize("config,needle", [
     ({"hiden_size": 8}, "'hiden_size'"), ({"pooling": "attention"}, "'pooling'"),
     ({"lr": -1}, "'lr'"), ({"bidirectional": "yes"}, "'bidirectional'")])

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from model.checkpoint import load_checkpoint
+from model.config import HYPERPARAMETERS
 from plumbing.errors import UsageError
 from tests.conftest import SEARCH_SMALL, run_cli, search_root
 from tuning import space as space_mod
@@ -64,12 +65,61 @@ def test_bad_space_files_are_usage_errors(tmp_path, content, needle):
     (["--grace-period", "5", "--max-epochs", "3"], "--grace-period"),
     (["--time-budget-s", "0"], "--time-budget-s"), (["--name", "a/b"], "--name"),
     (["--space", "nope.txt"], "--space"), (["--points", "missing.json"], "--points"),
-    (["--mlflow", "./mlruns"], "--mlflow"), (["--storage", "nope://bucket"], "--storage")])
+    (["--mlflow", "./mlruns"], "--mlflow"), (["--storage", "nope://bucket"], "--storage"),
+    (["--intensify-top", "-1"], "--intensify-top"), (["--intensify-seeds", "x"], "--intensify-seeds")])
 def test_bad_flags_exit_2_with_one_line(root, args, needle):
     proc = run_cli("tuning.search", *args, root=root)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], lines
+
+
+def _trials(rows):
+    """A trials.csv-like table: (trial_id, phase, hidden_size, status, best_val_f1) per row."""
+    return pd.DataFrame([{"trial_id": t, "phase": ph, "replicate": int(ph == "intensify"),
+                          "hidden_size": h, "lr": 0.003, "status": st, "best_val_f1": f1,
+                          "best_epoch": 2, "seed": i} for i, (t, ph, h, st, f1) in enumerate(rows)])
+
+
+def test_the_best_mean_over_seeds_wins_not_the_luckiest_seed():
+    from tuning.intensify import choose
+
+    trials = _trials([
+        ("a", "search", 64, "completed", 0.925),      # the luckiest single seed
+        ("b", "search", 128, "completed", 0.921),
+        ("c", "search", 192, "asha_stopped", 0.900),  # not a leader: never replicated
+        ("a2", "intensify", 64, "completed", 0.905),
+        ("b2", "intensify", 128, "completed", 0.919),
+        ("b3", "intensify", 128, "completed", 0.923),
+        ("a3", "intensify", 64, "unfinished", 0.990),  # cut short: measures no seed
+    ])
+    choice = choose(trials)
+    # b: mean of 0.921, 0.919, 0.923 = 0.921 beats a: mean of 0.925, 0.905 = 0.915
+    assert choice["trial_id"] == "b3"  # the winning configuration's best seed
+    assert choice["mean_val_f1"] == pytest.approx(0.921)
+    assert choice["std_val_f1"] == pytest.approx(0.002)
+    assert [(s["trial_id"], s["val_f1"]) for s in choice["seeds"]] == [
+        ("b3", 0.923), ("b", 0.921), ("b2", 0.919)]
+    assert [(c["trial_ids"], round(c["mean_val_f1"], 4)) for c in choice["candidates"]] == [
+        (["b3", "b", "b2"], 0.921), (["a", "a2"], 0.915)]
+    assert "mean validation macro-F1 over seeds" in choice["rule"]
+    # without the stage, the best single trial wins, as before intensification
+    single = choose(trials[trials["phase"] == "search"])
+    assert single["trial_id"] == "a" and single["candidates"] == []
+    assert "single trial" in single["rule"]
+
+
+def test_the_stage_replicates_the_distinct_leaders_in_rounds():
+    from tuning.intensify import replicates
+
+    params = {"t1": {"hidden_size": 64}, "t2": {"hidden_size": 128}, "t3": {"hidden_size": 64},
+              "t4": {"hidden_size": 192}, "t5": {"hidden_size": 32}}
+    best = {"t1": 0.90, "t2": 0.91, "t3": 0.90, "t4": 0.80}  # t5 reported nothing: not ranked
+    assert replicates(params, best, top=2, seeds=2) == [
+        {"hidden_size": 128, "replicate": 1}, {"hidden_size": 64, "replicate": 1},
+        {"hidden_size": 128, "replicate": 2}, {"hidden_size": 64, "replicate": 2}]
+    # fewer distinct configurations than asked for: each of them
+    assert len(replicates(params, best, top=10, seeds=1)) == 3
 
 
 def test_without_processed_data_the_search_says_run_dataprep(root):
@@ -84,26 +134,26 @@ def test_without_processed_data_the_search_says_run_dataprep(root):
 def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
     root = tiny_experiment
     table = trials_csv(root, "tiny")
-    assert len(table) == 4 and table["trial_id"].is_unique
+    assert len(table) == 6 and table["trial_id"].is_unique
+    assert table["phase"].value_counts().to_dict() == {"search": 4, "intensify": 2}
+    search = table[table["phase"] == "search"]
     assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
-    # ASHA (grace 1, reduction 2) stopped at least one trial before the max of 3 epochs
-    assert (table["status"] == "asha_stopped").any() and (table["epochs_run"] < 3).any()
+    # ASHA (grace 1, reduction 2) stopped at least one search trial before the max of 3 epochs
+    assert (search["status"] == "asha_stopped").any() and (search["epochs_run"] < 3).any()
     for col in ["embedding_dim", "hidden_size", "lr", "batch_size", "best_val_f1", "last_val_f1",
                 "epochs_run", "time_s", "seed"]:
         assert table[col].notna().all(), col
     # the known-good default BiLSTM (points_to_evaluate) is among the trials, exactly
-    default = (table["hidden_size"] == 128) & (table["embedding_dim"] == 128) & \
-        (table["pooling"] == "max") & (table["lr"] == 0.003) & (table["dropout"] == 0.3)
+    default = (search["hidden_size"] == 128) & (search["embedding_dim"] == 128) & \
+        (search["pooling"] == "max") & (search["lr"] == 0.003) & (search["dropout"] == 0.3)
     assert default.sum() == 1
-    best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
-    assert best["val_f1"] == pytest.approx(table["best_val_f1"].max())
     # the terminal shows the progress, not a wall of "snapshotting may become a bottleneck"
     log = (root / "search.log").read_text()
-    assert "4 trials, 2 at once" in log and "Trial status:" in log
-    assert "may become a bottleneck" not in log
+    assert "4 trials, then the top 2 again with 1 more seed(s) each, 2 at once" in log
+    assert "Trial status:" in log and "may become a bottleneck" not in log
     exp = root / "ray_results" / "tiny"
     trial_dirs = sorted(exp.glob("trial_*"))
-    assert len(trial_dirs) == 4
+    assert len(trial_dirs) == 6
     for d in trial_dirs:
         progress = pd.read_csv(d / "progress.csv")
         # val_f1 reported every epoch, epochs 1..n in order
@@ -112,6 +162,40 @@ def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
         assert list(d.glob("events.out.tfevents.*")), "TensorBoard events per trial"
         # every epoch's checkpoint is kept (a cap forces an experiment snapshot per checkpoint)
         assert len(list(d.glob("checkpoint_*"))) == len(progress)
+
+
+@slow
+def test_intensification_reruns_the_top_configurations_and_the_best_mean_wins(tiny_experiment):
+    """The stage after the search: the 2 best distinct configurations by val_f1 run again with
+    a seed of their own for every epoch (ASHA leaves them alone), and the winner is the
+    configuration with the best mean val_f1 over its seeds: not the best single trial."""
+    root = tiny_experiment
+    table = trials_csv(root, "tiny")
+    hyper = [c for c in HYPERPARAMETERS if c in table]
+    table["config"] = list(table[hyper].itertuples(index=False, name=None))
+    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
+    leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(2)
+    assert sorted(again["config"]) == sorted(leaders["config"])
+    assert (again["replicate"] == 1).all() and (search["replicate"] == 0).all()
+    assert (again["epochs_run"] == 3).all() and (again["status"] == "completed").all()
+    for _, row in again.iterrows():  # a seed of its own, not its search twin's
+        assert row["seed"] not in set(search.loc[search["config"] == row["config"], "seed"])
+    means = table[table["config"].isin(set(again["config"]))].groupby("config")["best_val_f1"].mean()
+    winning = means.idxmax()
+    seeds = table[table["config"] == winning]
+    best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
+    choice = best["selection"]
+    assert choice["mean_val_f1"] == pytest.approx(means[winning])
+    assert [s["trial_id"] for s in choice["seeds"]] == \
+        seeds.sort_values("best_val_f1", ascending=False)["trial_id"].tolist()
+    # the model kept is the winning configuration's best seed, with its own seed and figure
+    row = seeds.loc[seeds["best_val_f1"].idxmax()]
+    assert best["trial_id"] == row["trial_id"] and best["seed"] == row["seed"]
+    assert best["val_f1"] == pytest.approx(row["best_val_f1"])
+    assert [c["rank"] for c in choice["candidates"]] == [1, 2]
+    assert choice["candidates"][0]["mean_val_f1"] >= choice["candidates"][1]["mean_val_f1"]
+    log = (root / "search.log").read_text()
+    assert f"winner: mean val_f1 {means[winning]:.4f}" in log
 
 
 @slow
@@ -175,7 +259,8 @@ def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = run_cli("tuning.search", "--samples", "1", "--max-epochs", "1", "--name", "pinned",
-                   "--subset", "300", "--dashboard-port", str(port), root=root,
+                   "--subset", "300", "--dashboard-port", str(port), "--intensify-top", "0",
+                   root=root,
                    prefix=("taskset", "-c", "0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 trials, 1 at once" in proc.stderr
@@ -256,19 +341,33 @@ def _wait_for(predicate, timeout=300):
 SNAPSHOT_S = 1
 
 
+def _replicate_epochs(exp) -> dict[str, int]:
+    """The intensification trials' folders so far, and the epochs each has reported."""
+    found = {}
+    for d in exp.glob("trial_*"):
+        params, progress = d / "params.json", d / "progress.csv"
+        if params.is_file() and json.loads(params.read_text()).get("replicate"):
+            found[d.name] = len(pd.read_csv(progress)) if progress.is_file() and \
+                progress.stat().st_size else 0
+    return found
+
+
 @slow
 def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepared_root, tmp_path,
                                                                          monkeypatch):
+    """Killed once in the search phase and once in the intensification stage, then resumed:
+    every trial of both phases once, the stage on the search's leaders, nothing run twice."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "killed"
     # 4,000 rows: trials long enough that the first kill comes before all have started
     driver = _start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
-                                  "--name", "killed", *SEARCH_SMALL, "--subset", "4000"])
-    finished_before = {}
-    for round_ in range(2):  # kill -9 the driver twice, each time after one more trial finished
-        need = len(finished_before) + 1
-        assert _wait_for(lambda need=need: len(_finished_progress(exp, 3)) >= need), "none finished"
+                                  "--name", "killed", *SEARCH_SMALL, "--subset", "4000",
+                                  "--intensify-top", "2", "--intensify-seeds", "1"])
+    kill_when = [lambda: len(_finished_progress(exp, 3)) >= 1,        # a search trial finished
+                 lambda: any(n >= 1 for n in _replicate_epochs(exp).values())]  # a replicate ran
+    for round_, ready in enumerate(kill_when):
+        assert _wait_for(ready), f"round {round_}: not reached; {_stderr(driver)[-2000:]}"
         # what finished before the last save of the experiment state is never run again; a
         # trial that reported after it redoes those epochs
         finished_before = _finished_progress(exp, 3)
@@ -277,15 +376,25 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
         driver.wait(timeout=30)
         if round_ == 0:
             started_at_first_kill = len(list(exp.glob("trial_*")))
+        else:
+            replicates_at_second_kill = _replicate_epochs(exp)
         driver = _start_search(root, ["--name", "killed", "--resume", "--no-dashboard"])
     driver.wait(timeout=600)
     assert driver.returncode == 0, _stderr(driver)[-3000:]
 
     table = trials_csv(root, "killed")
-    assert len(table) == 5 and table["trial_id"].is_unique  # none lost, none doubled
+    assert len(table) == 7 and table["trial_id"].is_unique  # none lost, none doubled
     assert started_at_first_kill < 5  # so the restored searcher started the others
+    # the second kill came in the stage, before it was done
+    assert any(n < 3 for n in replicates_at_second_kill.values()), replicates_at_second_kill
     assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
     assert (table["epochs_run"] == 3).all()  # grace 3 = max epochs: ASHA stops none here
+    hyper = [c for c in HYPERPARAMETERS if c in table]
+    table["config"] = list(table[hyper].itertuples(index=False, name=None))
+    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
+    assert len(search) == 5 and len(again) == 2 and again["config"].is_unique
+    leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(2)
+    assert sorted(again["config"]) == sorted(leaders["config"])
     after = _finished_progress(exp, 3)
     for name, data in finished_before.items():
         assert after[name] == data, f"{name} finished before a kill and was run again"
@@ -358,6 +467,8 @@ def test_points_replay_an_earlier_search_to_the_same_numbers(tiny_experiment, tm
     earlier = {}
     for d in (root / "ray_results/tiny").glob("trial_*"):
         params = json.loads((d / "params.json").read_text())
+        if params.get("replicate"):  # the same configurations again, with other seeds
+            continue
         earlier[json.dumps(space_mod.points_in_space([params], space_mod.SPACE), sort_keys=True)] = \
             pd.read_csv(d / "progress.csv")["val_f1"].tolist()
     points = tmp_path / "points.json"

@@ -38,10 +38,15 @@ def _runs(uri: str, experiment: str, phase: str):
 
 
 def _assert_runs_match_the_trials(uri: str, root, name: str) -> None:
-    """One run per trial: params equal to trials.csv, val_f1 history equal to Tune's."""
+    """One run per trial, tagged with its phase: params equal to trials.csv, val_f1 history
+    equal to Tune's."""
     table = trials_csv(root, name).set_index("trial_id")
-    client, runs = _runs(uri, name, "search")
-    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(table.index)
+    runs = []
+    for phase in ("search", "intensify"):
+        client, in_phase = _runs(uri, name, phase)
+        assert sorted(r.data.tags["trial_id"] for r in in_phase) == \
+            sorted(table.index[table["phase"] == phase]), phase
+        runs += in_phase
     for run in runs:
         trial_id = run.data.tags["trial_id"]
         row = table.loc[trial_id]
@@ -110,8 +115,10 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
 
         assert _wait_for(up, timeout=120), "mlflow server did not start"
         proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
-                       "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL, root=root)
+                       "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL,
+                       "--intensify-top", "1", "--intensify-seeds", "1", root=root)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (trials_csv(root, "served")["phase"] == "intensify").sum() == 1
         _assert_runs_match_the_trials(uri, root, "served")
     finally:
         server.terminate()
