@@ -54,12 +54,14 @@ def main() -> int:
     from tuning.search import parse_args
 
     max_epochs = parse_args(args.extra).max_epochs
+    # the search phase only: intensification would add the same full runs to both
+    extra = ["--intensify-top", "0", *args.extra]
     fifo_wall, fifo, configs = run(args.fifo or f"fifo-{stamp}", args.samples, None if args.fifo
-                                   else ["--grace-period", str(max_epochs), *args.extra])
+                                   else ["--grace-period", str(max_epochs), *extra])
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(configs, f)
     asha_wall, asha, _ = run(f"asha-{stamp}", args.samples, ["--points", f.name, "--grace-period",
-                                                             str(args.asha_grace), *args.extra])
+                                                             str(args.asha_grace), *extra])
     runs = {"fifo": (fifo_wall, fifo), "asha": (asha_wall, asha)}
     result = {}
     for run_name, (wall, epochs) in runs.items():
