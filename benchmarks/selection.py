@@ -115,8 +115,8 @@ def main() -> int:
         stage_raises_worst=(result["with_f1_macro_worst"] > result["without_f1_macro_worst"]),
         pipeline_max_s=max(r["with_pipeline_s"] for r in rows),
         pipeline_goal_met=max(r["with_pipeline_s"] for r in rows) <= PIPELINE_GOAL_S)
-    lines = ["seed | with: test acc / macro-F1, pipeline s, epochs | without: test acc / "
-             "macro-F1, search-phase s, epochs | same pick"]
+    lines = [("seed | with: test acc / macro-F1, pipeline s, epochs | without: test acc / "
+              "macro-F1, search-phase s, epochs | same pick")]
     lines += [f"{r['seed']} | {r['with_accuracy']:.4f} / {r['with_f1_macro']:.4f}, "
               f"{r['with_pipeline_s']:.0f} s, {r['with_epochs']} | {r['without_accuracy']:.4f} / "
               f"{r['without_f1_macro']:.4f}, {r['without_search_s']:.0f} s, {r['without_epochs']}"
