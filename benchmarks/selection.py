@@ -71,12 +71,78 @@ def without_stage(name: str, started_at: float) -> dict:
             "search_phase_s": last_epoch_at - started_at}
 
 
+def variants(name: str, stages: list[tuple[int, int]]) -> list[dict]:
+    """Smaller stages read off a finished experiment: the stage ran its leaders' replicates in
+    rounds and each replicate's seed is fixed by its configuration and index, so the top K
+    leaders' first S replicates are exactly the trials `--intensify-top K --intensify-seeds S`
+    would have run. Each variant's pick is tested once; its stage wall is estimated as its
+    trials' time over the search's concurrency."""
+    import pandas as pd
+
+    from model.checkpoint import load_checkpoint, model_from_checkpoint
+    from model.data import load_processed
+    from model.loop import evaluate
+    from tuning.intensify import INTENSIFY, SEARCH, choose, config_key
+    from tuning.results import load_experiment, search_options, trials_frame
+    from tuning.storage import open_storage
+    from tuning.trainable import CHECKPOINT_FILE, METRIC, MODE
+
+    storage = open_storage(None, paths().ray_results)
+    analysis = load_experiment(storage, name)
+    opts = search_options(paths().search_reports / name, storage, name)
+    trials = trials_frame(analysis)
+    trials["config"] = [config_key(row) for _, row in trials.iterrows()]
+    search, stage = trials[trials["phase"] == SEARCH], trials[trials["phase"] == INTENSIFY]
+    ranked = search.sort_values("best_val_f1", ascending=False)["config"].drop_duplicates().tolist()
+    frames = analysis.trial_dataframes
+    first = min(f["timestamp"].min() - f["time_this_iter_s"].iloc[0] for f in frames.values())
+    phase_end = max(frames[t]["timestamp"].max() for t in search["trial_id"]) - first
+    test = load_processed(paths(), with_test=True).test
+    tested = {}
+    rows = []
+    for top, seeds in stages:
+        kept = stage[stage["config"].isin(ranked[:top]) & (stage["replicate"] <= seeds)]
+        choice = choose(pd.concat([search, kept]))
+        trial_id = choice["trial_id"]
+        if trial_id not in tested:
+            trial = next(t for t in analysis.trials if t.trial_id == trial_id)
+            with analysis.get_best_checkpoint(trial, METRIC, MODE).as_directory() as folder:
+                state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            tested[trial_id] = evaluate(model_from_checkpoint(state), test)
+        res = tested[trial_id]
+        rows.append({"experiment": name, "stage": f"{top}x{seeds}", "trial_id": trial_id,
+                     "accuracy": res["acc"], "f1_macro": res["f1"],
+                     "epochs": int(search["epochs_run"].sum() + kept["epochs_run"].sum()),
+                     "search_phase_s": round(float(phase_end), 1),
+                     "stage_s_estimated": round(kept["time_s"].sum() / opts["concurrency"], 1)})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--stages", nargs="+", default=[], metavar="KxS",
+                    help="also read smaller stages off each search (e.g. 5x1 3x2 0x0)")
+    ap.add_argument("--reuse", nargs="+", metavar="NAME",
+                    help="only read the --stages off these finished experiments (no search)")
     ap.add_argument("extra", nargs="*", help="more flags for tuning.search (after --)")
     args = ap.parse_args()
+    stages = [tuple(int(x) for x in v.split("x")) for v in args.stages]
+    if args.reuse:
+        rows = [row for name in args.reuse for row in variants(name, stages)]
+        for row in rows:
+            print(json.dumps(row), file=sys.stderr)
+        summary = {}
+        for stage in dict.fromkeys(r["stage"] for r in rows):
+            mine = [r for r in rows if r["stage"] == stage]
+            summary[stage] = {k: {"median": statistics.median(r[k] for r in mine),
+                                  "worst": min(r[k] for r in mine)}
+                              for k in ("accuracy", "f1_macro")}
+            summary[stage]["max_s_estimated"] = float(max(r["search_phase_s"] + r["stage_s_estimated"]
+                                                          for r in mine))
+        return finish("\n".join(f"{k}: {v}" for k, v in summary.items()),
+                      {"variants": rows, "summary": summary, "cpu": cpu_model()})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for seed in args.seeds:
