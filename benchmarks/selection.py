@@ -14,6 +14,12 @@ Prints each run's test accuracy / macro-F1, wall time and epochs, then the media
 over seeds, and a JSON line last. Goals: every winner with the stage at or above fine-tuned
 DistilBERT (test acc >= 0.927 and macro-F1 >= 0.8825), the median >= 0.932 / 0.892, the pipeline
 <= 12 minutes. The test split is read only by evaluate_best and by the one test pass of (2).
+
+    python benchmarks/selection.py --reuse NAME [NAME ...] --stages 5x1 3x2 0x0
+
+reads smaller stages off finished searches instead (see `variants`): per experiment and stage
+K x S, the pick's test figures, epochs, the search phase's wall (from its first trial's start)
+and the stage's estimated wall; then the median and worst over experiments.
 """
 from __future__ import annotations
 
