@@ -4,8 +4,9 @@ each winner chosen with and without the stage, tested.
     python benchmarks/selection.py [--seeds 0 1 2] [--samples 50] [-- extra search flags]
 
 For each search seed:
-1. with: `python -m tuning.search --seed S` (the default, intensification included), then
-   `python -m tuning.evaluate_best` on it, each timed: the whole default pipeline.
+1. with: `python -m tuning.search --seed S --intensify-top 5 --intensify-seeds 2` (the default
+   search and the stage as measured), then `python -m tuning.evaluate_best` on it, each timed:
+   the whole pipeline.
 2. without: the same experiment's search-phase trials only, the winner chosen as the search did
    before the stage (best single trial), its best checkpoint tested once. Its phase-one trials
    are the very trials of (1), so the only difference is the choice. Its wall time is the
@@ -38,6 +39,7 @@ from plumbing.paths import paths
 DISTILBERT = {"accuracy": 0.927, "f1_macro": 0.8825}
 MEDIAN_GOAL = {"accuracy": 0.932, "f1_macro": 0.892}
 PIPELINE_GOAL_S = 12 * 60
+STAGE = ["--intensify-top", "5", "--intensify-seeds", "2"]  # the stage measured (off by default)
 
 
 def evaluate_cli(name: str) -> tuple[float, dict]:
@@ -154,7 +156,7 @@ def main() -> int:
     for seed in args.seeds:
         name = f"select-{stamp}-seed{seed}"
         started_at = time.time()
-        search_s = run_search(name, args.samples, ["--seed", str(seed), *args.extra])
+        search_s = run_search(name, args.samples, ["--seed", str(seed), *STAGE, *args.extra])
         evaluate_s, with_ = evaluate_cli(name)
         without = without_stage(name, started_at)
         row = {"seed": seed, "experiment": name,

@@ -53,7 +53,8 @@ def prepared_root(tmp_path_factory) -> Path:
     return root
 
 
-# (no intensification stage unless a test asks for it: its trials would change every count)
+# (no intensification stage unless a test asks for it, whatever the default: its trials would
+# change every count)
 SEARCH_SMALL = ["--subset", "1500", "--no-dashboard", "--cpus-per-trial", "1", "--intensify-top", "0"]
 
 

@@ -29,9 +29,10 @@ from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
-# sized for two cores: 5 x 2 = 10 full runs, about 3 minutes after a 5-minute search (README,
-# "Choosing the winner")
-INTENSIFY_TOP, INTENSIFY_SEEDS = 5, 2
+# Intensification is off by default: over three default searches it never raised the worst
+# winner's test figures and cost 4-5 minutes on two cores (README, "Measured"). `--intensify-top
+# 5` turns it on with the 2 further seeds each that were measured.
+INTENSIFY_TOP, INTENSIFY_SEEDS = 0, 2
 
 
 def parse_args(argv=None):
@@ -56,8 +57,8 @@ def parse_args(argv=None):
                     help="continue the interrupted experiment --name (default: the latest one)")
     ap.add_argument("--intensify-top", type=non_negative_int, default=INTENSIFY_TOP, metavar="K",
                     help="after the search, run the K best configurations again with more "
-                         f"seeds; the best mean val macro-F1 wins (default {INTENSIFY_TOP}; 0: "
-                         "off, the best single trial wins)")
+                         "seeds; the best mean val macro-F1 wins (default 0: off, the best "
+                         "single trial wins; e.g. 5)")
     ap.add_argument("--intensify-seeds", type=non_negative_int, default=INTENSIFY_SEEDS,
                     metavar="S", help=f"further seeds per configuration (default {INTENSIFY_SEEDS}; "
                                       "0: off)")
