@@ -1,7 +1,8 @@
 """python -m tuning.search --samples 50: OptunaSearch (TPE) + ASHA over the LSTM's hyperparameters.
 
-Then the intensification stage (tuning/intensify.py): the top --intensify-top configurations run
-again with --intensify-seeds further seeds each, and the best mean validation macro-F1 wins.
+With --intensify-top K, then an intensification stage (tuning/intensify.py): the top K
+configurations run again with --intensify-seeds further seeds each, and the best mean
+validation macro-F1 wins.
 
 The driver loads the processed splits once and ships them to every trial through Ray's object
 store (tune.with_parameters), so trials read no files and a cluster needs no shared data folder.
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
     best_file = report_dir / "best_config.json"
     if best_file.is_file():
         best = json.loads(best_file.read_text())
-        choice = best["selection"]
+        choice = best.get("selection") or {"candidates": []}  # (a report of an older version)
         if choice["candidates"]:
             print(f"winner: mean val_f1 {choice['mean_val_f1']:.4f} ± {choice['std_val_f1']:.4f} "
                   f"over {len(choice['seeds'])} seeds, best of {len(choice['candidates'])} "
