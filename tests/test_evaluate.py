@@ -42,9 +42,9 @@ def test_every_output_is_written_and_consistent(evaluated):
     assert cm.sum(1).tolist() == [581, 695, 159, 275, 224, 66]
     assert summary["accuracy"] == m["accuracy"] and summary["trial_id"] == m["trial_id"]
     # chosen on validation, as the search chose it: the best mean's best seed
-    best = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
-    assert m["trial_id"] == best["trial_id"] and m["selection"] == best["selection"]
-    assert m["val_f1"] == pytest.approx(best["val_f1"]) and m["seed"] == best["seed"]
+    chosen = json.loads((root / "artifacts/search/tiny/best_config.json").read_text())
+    assert m["trial_id"] == chosen["trial_id"] and m["selection"] == chosen["selection"]
+    assert m["val_f1"] == pytest.approx(chosen["val_f1"]) and m["seed"] == chosen["seed"]
     assert len(m["reseed"]) == 1 and m["reseed"][0]["seed"] == m["seed"] + 1
     csv = pd.read_csv(best / "confusion_matrix.csv", index_col=0)
     assert csv.values.tolist() == m["confusion_matrix"]
