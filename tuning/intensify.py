@@ -60,7 +60,7 @@ class Intensify(Searcher):
         if self.queue is None:
             if not set(self.params) <= self.ended:
                 return None  # the leaders are known only once every search trial has ended
-            self.queue = replicates(self.params, self.best, self.top, self.seeds, self.mode)
+            self.queue = replicates(self.params, self.best, self.top, self.seeds)
         return self.queue.pop(0) if self.queue else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -95,8 +95,7 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds: int,
-               mode: str = "max") -> list[dict]:
+def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds: int) -> list[dict]:
     """The replicate trials' params: the `top` distinct configurations by best metric, `seeds`
     times each, in rounds (every leader's replicate 1, then every replicate 2, ...), so that a
     stage cut short leaves the leaders with equal numbers of seeds."""
