@@ -18,7 +18,7 @@ DistilBERT (test acc >= 0.927 and macro-F1 >= 0.8825), the median >= 0.932 / 0.8
 
     python benchmarks/selection.py --reuse NAME [NAME ...] --stages 5x1 3x2 0x0
 
-reads smaller stages off finished searches instead (see `variants`): per experiment and stage
+reads smaller stages off finished searches instead (see `picks`): per experiment and stage
 K x S, the pick's test figures, epochs, the search phase's wall (from its first trial's start)
 and the stage's estimated wall; then the median and worst over experiments.
 """
@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from common import cpu_model, finish, run_search  # benchmarks/common.py
 
@@ -52,48 +51,22 @@ def evaluate_cli(name: str) -> tuple[float, dict]:
     return time.perf_counter() - start, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def without_stage(name: str, started_at: float) -> dict:
-    """The search phase's own pick (best single trial), tested once; its wall and epochs."""
-    from model.checkpoint import load_checkpoint, model_from_checkpoint
-    from model.data import load_processed
-    from model.loop import evaluate
-    from tuning.intensify import SEARCH, choose
-    from tuning.results import load_experiment, trials_frame
-    from tuning.storage import open_storage
-    from tuning.trainable import CHECKPOINT_FILE, METRIC, MODE
-
-    analysis = load_experiment(open_storage(None, paths().ray_results), name)
-    trials = trials_frame(analysis)
-    search = trials[trials["phase"] == SEARCH]
-    choice = choose(search)
-    trial = next(t for t in analysis.trials if t.trial_id == choice["trial_id"])
-    checkpoint = analysis.get_best_checkpoint(trial, METRIC, MODE)
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-    res = evaluate(model_from_checkpoint(state), load_processed(paths(), with_test=True).test)
-    frames = analysis.trial_dataframes
-    last_epoch_at = max(frames[t]["timestamp"].max() for t in search["trial_id"] if t in frames)
-    return {"trial_id": choice["trial_id"], "val_f1": choice["mean_val_f1"],
-            "accuracy": res["acc"], "f1_macro": res["f1"],
-            "epochs": int(search["epochs_run"].sum()), "all_epochs": int(trials["epochs_run"].sum()),
-            "search_phase_s": last_epoch_at - started_at}
-
-
-def variants(name: str, stages: list[tuple[int, int]]) -> list[dict]:
-    """Smaller stages read off a finished experiment: the stage ran its leaders' replicates in
-    rounds and each replicate's seed is fixed by its configuration and index, so the top K
-    leaders' first S replicates are exactly the trials `--intensify-top K --intensify-seeds S`
-    would have run. Each variant's pick is tested once; its stage wall is estimated as its
-    trials' time over the search's concurrency."""
+def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = None) -> list[dict]:
+    """Each stage K x S read off a finished experiment, its pick tested once. The stage ran its
+    leaders' replicates in rounds and each replicate's seed is fixed by its configuration and
+    index, so the top K leaders' first S replicates are exactly the trials `--intensify-top K
+    --intensify-seeds S` would have run (0 x 0: the search's own pick, the best single trial).
+    The search phase's wall runs from `started_at` (else its first trial's start) to its last
+    epoch; a stage's wall is estimated as its trials' time over the search's concurrency."""
     import pandas as pd
 
-    from model.checkpoint import load_checkpoint, model_from_checkpoint
+    from model.checkpoint import model_from_checkpoint
     from model.data import load_processed
     from model.loop import evaluate
-    from tuning.intensify import INTENSIFY, SEARCH, choose, config_key
-    from tuning.results import load_experiment, search_options, trials_frame
+    from tuning.intensify import INTENSIFY, SEARCH, config_key
+    from tuning.results import load_experiment, search_options, trials_frame, winner
     from tuning.storage import open_storage
-    from tuning.trainable import CHECKPOINT_FILE, METRIC, MODE
+    from tuning.trainable import read_checkpoint
 
     storage = open_storage(None, paths().ray_results)
     analysis = load_experiment(storage, name)
@@ -103,24 +76,24 @@ def variants(name: str, stages: list[tuple[int, int]]) -> list[dict]:
     search, stage = trials[trials["phase"] == SEARCH], trials[trials["phase"] == INTENSIFY]
     ranked = search.sort_values("best_val_f1", ascending=False)["config"].drop_duplicates().tolist()
     frames = analysis.trial_dataframes
-    first = min(f["timestamp"].min() - f["time_this_iter_s"].iloc[0] for f in frames.values())
-    phase_end = max(frames[t]["timestamp"].max() for t in search["trial_id"]) - first
+    if started_at is None:
+        started_at = min(f["timestamp"].min() - f["time_this_iter_s"].iloc[0]
+                         for f in frames.values())
+    phase_end = max(frames[t]["timestamp"].max() for t in search["trial_id"]) - started_at
     test = load_processed(paths(), with_test=True).test
     tested = {}
     rows = []
     for top, seeds in stages:
         kept = stage[stage["config"].isin(ranked[:top]) & (stage["replicate"] <= seeds)]
-        choice = choose(pd.concat([search, kept]))
-        trial_id = choice["trial_id"]
-        if trial_id not in tested:
-            trial = next(t for t in analysis.trials if t.trial_id == trial_id)
-            with analysis.get_best_checkpoint(trial, METRIC, MODE).as_directory() as folder:
-                state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-            tested[trial_id] = evaluate(model_from_checkpoint(state), test)
-        res = tested[trial_id]
-        rows.append({"experiment": name, "stage": f"{top}x{seeds}", "trial_id": trial_id,
-                     "accuracy": res["acc"], "f1_macro": res["f1"],
+        trial, checkpoint, choice = winner(analysis, pd.concat([search, kept]))
+        if trial.trial_id not in tested:
+            tested[trial.trial_id] = evaluate(model_from_checkpoint(read_checkpoint(checkpoint)),
+                                              test)
+        res = tested[trial.trial_id]
+        rows.append({"experiment": name, "stage": f"{top}x{seeds}", "trial_id": trial.trial_id,
+                     "val_f1": choice["mean_val_f1"], "accuracy": res["acc"], "f1_macro": res["f1"],
                      "epochs": int(search["epochs_run"].sum() + kept["epochs_run"].sum()),
+                     "all_epochs": int(trials["epochs_run"].sum()),
                      "search_phase_s": round(float(phase_end), 1),
                      "stage_s_estimated": round(kept["time_s"].sum() / opts["concurrency"], 1)})
     return rows
@@ -138,7 +111,7 @@ def main() -> int:
     args = ap.parse_args()
     stages = [tuple(int(x) for x in v.split("x")) for v in args.stages]
     if args.reuse:
-        rows = [row for name in args.reuse for row in variants(name, stages)]
+        rows = [row for name in args.reuse for row in picks(name, stages)]
         for row in rows:
             print(json.dumps(row), file=sys.stderr)
         summary = {}
@@ -158,7 +131,7 @@ def main() -> int:
         started_at = time.time()
         search_s = run_search(name, args.samples, ["--seed", str(seed), *STAGE, *args.extra])
         evaluate_s, with_ = evaluate_cli(name)
-        without = without_stage(name, started_at)
+        without = picks(name, [(0, 0)], started_at)[0]
         row = {"seed": seed, "experiment": name,
                "with_accuracy": with_["accuracy"], "with_f1_macro": with_["f1_macro"],
                "with_trial": with_["trial_id"], "with_val_f1": with_["val_f1"],
@@ -167,7 +140,7 @@ def main() -> int:
                "without_accuracy": without["accuracy"], "without_f1_macro": without["f1_macro"],
                "without_trial": without["trial_id"], "without_val_f1": without["val_f1"],
                "without_epochs": without["epochs"],
-               "without_search_s": round(without["search_phase_s"], 1),
+               "without_search_s": without["search_phase_s"],
                "same_pick": with_["trial_id"] == without["trial_id"]}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -164,6 +164,18 @@ def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
         assert len(list(d.glob("checkpoint_*"))) == len(progress)
 
 
+def _phases_on_the_leaders(table: pd.DataFrame, top: int):
+    """trials.csv's search and intensification rows (a `config` column added to `table`: its
+    hyperparameters), once asserted that the replicated configurations are the search's `top`
+    distinct ones by best val_f1."""
+    hyper = [c for c in HYPERPARAMETERS if c in table]
+    table["config"] = list(table[hyper].itertuples(index=False, name=None))
+    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
+    leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(top)
+    assert sorted(again["config"]) == sorted(leaders["config"])  # (one more seed each)
+    return search, again
+
+
 @slow
 def test_intensification_reruns_the_top_configurations_and_the_best_mean_wins(tiny_experiment):
     """The stage after the search: the 2 best distinct configurations by val_f1 run again with
@@ -171,11 +183,7 @@ def test_intensification_reruns_the_top_configurations_and_the_best_mean_wins(ti
     configuration with the best mean val_f1 over its seeds: not the best single trial."""
     root = tiny_experiment
     table = trials_csv(root, "tiny")
-    hyper = [c for c in HYPERPARAMETERS if c in table]
-    table["config"] = list(table[hyper].itertuples(index=False, name=None))
-    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
-    leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(2)
-    assert sorted(again["config"]) == sorted(leaders["config"])
+    search, again = _phases_on_the_leaders(table, top=2)
     assert (again["replicate"] == 1).all() and (search["replicate"] == 0).all()
     assert (again["epochs_run"] == 3).all() and (again["status"] == "completed").all()
     for _, row in again.iterrows():  # a seed of its own, not its search twin's
@@ -389,12 +397,8 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     assert any(n < 3 for n in replicates_at_second_kill.values()), replicates_at_second_kill
     assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
     assert (table["epochs_run"] == 3).all()  # grace 3 = max epochs: ASHA stops none here
-    hyper = [c for c in HYPERPARAMETERS if c in table]
-    table["config"] = list(table[hyper].itertuples(index=False, name=None))
-    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
+    search, again = _phases_on_the_leaders(table, top=2)
     assert len(search) == 5 and len(again) == 2 and again["config"].is_unique
-    leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(2)
-    assert sorted(again["config"]) == sorted(leaders["config"])
     after = _finished_progress(exp, 3)
     for name, data in finished_before.items():
         assert after[name] == data, f"{name} finished before a kill and was run again"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from dataprep.vocab import Vocab
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
     check_checkpoint,
-    load_checkpoint,
     model_from_checkpoint,
 )
 from model.config import TrainConfig, from_trial_params
@@ -103,16 +101,13 @@ def main(argv=None) -> int:
         trials_frame,
         winner,
     )
-    from tuning.trainable import CHECKPOINT_FILE
+    from tuning.trainable import read_checkpoint
 
     storage, name = find_experiment(p, args.experiment)
     analysis = load_experiment(storage, name)
     trials = trials_frame(analysis)
-    if not trials["best_val_f1"].notna().any():
-        raise DataError(f"{storage.uri(name)}: no trial finished an epoch")
     trial, checkpoint, choice = winner(analysis, trials)
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    state = read_checkpoint(checkpoint)
     splits = load_processed(p, with_test=True)
     check_checkpoint(state, splits.vocab_sha256)
     model = model_from_checkpoint(state)

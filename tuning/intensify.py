@@ -166,6 +166,11 @@ def choose(trials: pd.DataFrame) -> dict:
     }
 
 
+def stage_trials(opts: dict) -> int:
+    """How many intensification trials a search's options ask for (0: the stage is off)."""
+    return opts.get("intensify_top", 0) * opts.get("intensify_seeds", 0)
+
+
 def expected_trials(trials: pd.DataFrame, opts: dict) -> int:
     """How many trials a finished search has: its samples, and a replicate per further seed of
     each leader (fewer leaders when the search had fewer distinct measured configurations)."""

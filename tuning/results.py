@@ -104,11 +104,13 @@ def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None
         return None
 
 
-def write_reports(storage: Storage, name: str, out_dir: Path) -> pd.DataFrame:
-    """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials."""
+def write_reports(storage: Storage, name: str, out_dir: Path) -> tuple[pd.DataFrame, dict | None]:
+    """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials and
+    best_config.json's content (None: no trial finished an epoch)."""
     analysis = load_experiment(storage, name)
     table = trials_frame(analysis)
     write_text(out_dir / "trials.csv", table.to_csv(index=False))
+    best = None
     if (table["epochs_run"] > 0).any():
         trial, _, choice = winner(analysis, table)
         row = table[table["trial_id"] == trial.trial_id].iloc[0]
@@ -119,7 +121,7 @@ def write_reports(storage: Storage, name: str, out_dir: Path) -> pd.DataFrame:
                 "epoch": int(row["best_epoch"]), "seed": int(row["seed"]),
                 "config": from_trial_params(trial.config), "selection": choice}
         write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
-    return table
+    return table, best
 
 
 def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, float]:

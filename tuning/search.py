@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             # beside the experiment, so that a resume from anywhere finds them, and in the report
             storage.write_json(opts, name, OPTIONS_FILE)
             write_text(report_dir / OPTIONS_FILE, json.dumps(opts, indent=2, sort_keys=True) + "\n")
-        from tuning.trainable import stage_trials
+        from tuning.intensify import expected_trials, stage_trials
 
         stage = (f", then the top {opts['intensify_top']} again with {opts['intensify_seeds']} more "
                  f"seed(s) each" if stage_trials(opts) else "")
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         ray.shutdown()  # no worker log lines after the summary below
         from tuning.results import write_reports
 
-        table = write_reports(storage, name, report_dir)
+        table, best = write_reports(storage, name, report_dir)
         if opts.get("mlflow"):
             from tuning.tracking import drop_orphan_runs
 
@@ -215,29 +215,21 @@ def main(argv=None) -> int:
     experiment = storage.uri(name)
     print(f"results: {experiment}  report: {report_dir / 'trials.csv'}", file=sys.stderr)
     print(f"TensorBoard: tensorboard --logdir {shlex.quote(experiment)}", file=sys.stderr)
-    from tuning.intensify import expected_trials
-
     if unfinished or started < expected_trials(table, opts) and not opts["time_budget_s"]:
         print(f"search interrupted; resume with: {resume_command(name, args.storage)}", file=sys.stderr)
         return 130
-    best_file = report_dir / "best_config.json"
-    if best_file.is_file():
-        best = json.loads(best_file.read_text())
-        choice = best.get("selection") or {"candidates": []}  # (a report of an older version)
+    if best is not None:
+        choice = best["selection"]
         if choice["candidates"]:
+            others = choice["candidates"][1:]
+            next_best = f"{others[0]['mean_val_f1']:.4f}" if others else "none"
             print(f"winner: mean val_f1 {choice['mean_val_f1']:.4f} ± {choice['std_val_f1']:.4f} "
                   f"over {len(choice['seeds'])} seeds, best of {len(choice['candidates'])} "
-                  f"configurations run again (next best mean "
-                  f"{_next_best(choice)})", file=sys.stderr)
+                  f"configurations run again (next best mean {next_best})", file=sys.stderr)
         print(f"best trial {best['trial_id']}: val_f1 {best['val_f1']:.4f} (epoch {best['epoch']}); "
               f"next: python -m tuning.evaluate_best --experiment {shlex.quote(experiment)}",
               file=sys.stderr)
     return 0
-
-
-def _next_best(choice: dict) -> str:
-    others = choice["candidates"][1:]
-    return f"{others[0]['mean_val_f1']:.4f}" if others else "none"
 
 
 if __name__ == "__main__":

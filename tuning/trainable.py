@@ -25,14 +25,17 @@ FAULT_EPOCH_ENV = "EMOTION_FAULT_EPOCH"
 DIVERGE_EPOCH_ENV = "EMOTION_FAULT_DIVERGE_EPOCH"
 
 
+def read_checkpoint(checkpoint: tune.Checkpoint) -> dict:
+    """The training state a trial saved in a Tune checkpoint (local or in a bucket)."""
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+
 def train_trial(config: dict, splits: Splits) -> None:
     """Ray Tune function trainable. `splits` comes once from the object store (with_parameters)."""
     cfg = TrainConfig.from_flat(from_trial_params(config))
-    resume = None
     checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a search
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    resume = read_checkpoint(checkpoint) if checkpoint is not None else None
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
     fault_epoch = int(os.environ.get(FAULT_EPOCH_ENV, "0")) if resume is None else 0
     diverge_epoch = int(os.environ.get(DIVERGE_EPOCH_ENV, "0"))
@@ -73,11 +76,6 @@ def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
     return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
 
 
-def stage_trials(opts: dict) -> int:
-    """How many intensification trials a search's options ask for (0: the stage is off)."""
-    return opts.get("intensify_top", 0) * opts.get("intensify_seeds", 0)
-
-
 def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     """The Tuner for a search's options (search_options.json: the CLI flags, as first given):
     `samples` trials of OptunaSearch + ASHA, then the intensification trials (tuning/intensify.py)."""
@@ -86,7 +84,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     from ray.tune.search.optuna import OptunaSearch
 
     from tuning import space as space_mod
-    from tuning.intensify import Intensify, StagedASHA
+    from tuning.intensify import Intensify, StagedASHA, stage_trials
 
     space = space_mod.load_space(opts["space"])
     param_space = space_mod.to_tune(space)
