@@ -1,11 +1,13 @@
 """Shared fixtures: a temporary project root per test, the real data, and one prepared root."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +22,22 @@ def real_data_dir() -> Path:
     folder = Path(env) if env else REPO.parent / "shared" / "data" / "emotion"
     assert (folder / "train.txt").is_file(), f"real data not found in {folder} (set EMOTION_DATA_DIR)"
     return folder.resolve()
+
+
+def read_live_csv(path: Path) -> pd.DataFrame:
+    """A CSV file that a running search may be writing right now: only its complete lines.
+
+    Tune creates progress.csv empty and then appends header and rows, so a poll can find
+    nothing, a header alone or half a row; those read as the rows finished so far (maybe none).
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return pd.DataFrame()
+    complete = text[:text.rfind("\n") + 1]
+    if complete.count("\n") < 2:          # no header yet, or a header without a row
+        return pd.DataFrame()
+    return pd.read_csv(io.StringIO(complete))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataprep import build
 from plumbing.cli import run_main
 from plumbing.errors import DataError
 from plumbing.paths import paths
-from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.conftest import SEARCH_SMALL, read_live_csv, run_cli, search_root
 from tests.test_dataprep import ROWS, outputs_digest, write_txt
 from tests.test_search import _start_search, _stderr, _wait_for, trials_csv
 
@@ -24,13 +24,7 @@ slow = pytest.mark.slow
 
 
 def _progress_rows(exp) -> int:
-    total = 0
-    for f in exp.glob("trial_*/progress.csv"):
-        try:
-            total += len(pd.read_csv(f))
-        except (pd.errors.EmptyDataError, OSError):
-            pass
-    return total
+    return sum(len(read_live_csv(f)) for f in exp.glob("trial_*/progress.csv"))
 
 
 # ---- signals and concurrent searches ----------------------------------------------------------

@@ -15,7 +15,7 @@ import yaml
 from model.checkpoint import load_checkpoint
 from model.config import HYPERPARAMETERS
 from plumbing.errors import UsageError
-from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.conftest import SEARCH_SMALL, read_live_csv, run_cli, search_root
 from tuning import space as space_mod
 
 slow = pytest.mark.slow
@@ -309,10 +309,9 @@ def _finished_progress(exp, max_epochs):
     done = {}
     for d in exp.glob("trial_*"):
         f = d / "progress.csv"
-        if f.is_file():
-            rows = pd.read_csv(f)
-            if len(rows) and rows["epoch"].iloc[-1] == max_epochs:
-                done[d.name] = f.read_bytes()
+        rows = read_live_csv(f)
+        if len(rows) and rows["epoch"].iloc[-1] == max_epochs:
+            done[d.name] = f.read_bytes()
     return done
 
 
@@ -353,10 +352,12 @@ def _replicate_epochs(exp) -> dict[str, int]:
     """The intensification trials' folders so far, and the epochs each has reported."""
     found = {}
     for d in exp.glob("trial_*"):
-        params, progress = d / "params.json", d / "progress.csv"
-        if params.is_file() and json.loads(params.read_text()).get("replicate"):
-            found[d.name] = len(pd.read_csv(progress)) if progress.is_file() and \
-                progress.stat().st_size else 0
+        try:   # Tune may be writing params.json right now; then it is not known yet
+            params = json.loads((d / "params.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if params.get("replicate"):
+            found[d.name] = len(read_live_csv(d / "progress.csv"))
     return found
 
 
