@@ -63,7 +63,7 @@ def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = N
     from model.checkpoint import model_from_checkpoint
     from model.data import load_processed
     from model.loop import evaluate
-    from tuning.intensify import INTENSIFY, SEARCH, config_key
+    from tuning.intensify import INTENSIFY, SEARCH, config_keys, search_leaders
     from tuning.results import load_experiment, search_options, trials_frame, winner
     from tuning.storage import open_storage
     from tuning.trainable import read_checkpoint
@@ -72,9 +72,8 @@ def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = N
     analysis = load_experiment(storage, name)
     opts = search_options(paths().search_reports / name, storage, name)
     trials = trials_frame(analysis)
-    trials["config"] = [config_key(row) for _, row in trials.iterrows()]
+    trials["config"] = config_keys(trials)
     search, stage = trials[trials["phase"] == SEARCH], trials[trials["phase"] == INTENSIFY]
-    ranked = search.sort_values("best_val_f1", ascending=False)["config"].drop_duplicates().tolist()
     frames = analysis.trial_dataframes
     if started_at is None:
         started_at = min(f["timestamp"].min() - f["time_this_iter_s"].iloc[0]
@@ -84,7 +83,7 @@ def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = N
     tested = {}
     rows = []
     for top, seeds in stages:
-        kept = stage[stage["config"].isin(ranked[:top]) & (stage["replicate"] <= seeds)]
+        kept = stage[stage["config"].isin(search_leaders(trials, top)) & (stage["replicate"] <= seeds)]
         trial, checkpoint, choice = winner(analysis, pd.concat([search, kept]))
         if trial.trial_id not in tested:
             tested[trial.trial_id] = evaluate(model_from_checkpoint(read_checkpoint(checkpoint)),

@@ -95,19 +95,38 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds: int) -> list[dict]:
-    """The replicate trials' params: the `top` distinct configurations by best metric, `seeds`
-    times each, in rounds (every leader's replicate 1, then every replicate 2, ...), so that a
-    stage cut short leaves the leaders with equal numbers of seeds."""
+def config_keys(trials: pd.DataFrame) -> list[str]:
+    """`config_key` of each row of a trials.csv table."""
+    return [config_key(row) for _, row in trials.iterrows()]
+
+
+def leaders(params: dict, best: dict[str, float], top: int) -> list:
+    """The `top` distinct configurations by best metric: `params[trial_id]` of each leader, in
+    rank order. Trials with no figure in `best` are not ranked."""
     ranked = sorted((t for t in params if t in best), key=lambda t: -best[t])
-    leaders, seen = [], set()
+    found, seen = [], set()
     for trial_id in ranked:
         key = config_key(params[trial_id])
         if key not in seen:  # the same hyperparameters twice are the same seed, the same run
             seen.add(key)
-            leaders.append(params[trial_id])
-    leaders = leaders[:top]
-    return [{**p, REPLICATE_KEY: r} for r in range(1, seeds + 1) for p in leaders]
+            found.append(params[trial_id])
+    return found[:top]
+
+
+def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds: int) -> list[dict]:
+    """The replicate trials' params: the `top` leaders, `seeds` times each, in rounds (every
+    leader's replicate 1, then every replicate 2, ...), so that a stage cut short leaves the
+    leaders with equal numbers of seeds."""
+    return [{**p, REPLICATE_KEY: r} for r in range(1, seeds + 1) for p in leaders(params, best, top)]
+
+
+def search_leaders(trials: pd.DataFrame, top: int) -> list[str]:
+    """The config keys of the configurations a `top` x S stage replicates, read off trials.csv's
+    search rows (the same ranking `Intensify` makes while the search runs)."""
+    searched = trials[(trials["phase"] == SEARCH) & trials["best_val_f1"].notna()]
+    rows = {row["trial_id"]: row for _, row in searched.iterrows()}
+    best = dict(zip(searched["trial_id"], searched["best_val_f1"].astype(float), strict=True))
+    return [config_key(row) for row in leaders(rows, best, top)]
 
 
 class StagedASHA(ASHAScheduler):
@@ -128,15 +147,16 @@ class StagedASHA(ASHAScheduler):
 def choose(trials: pd.DataFrame) -> dict:
     """The winner among trials.csv's rows (results.trials_frame) and how it was chosen.
 
-    With intensification trials: the configuration with the best mean best_val_f1 over its
-    measured seeds (MEASURED statuses) (its search trial and its replicates), among those that were replicated; the
-    winning trial is that configuration's best seed. Without: the trial with the best val_f1.
+    With intensification trials: among the replicated configurations, the one with the best
+    mean best_val_f1 over its measured seeds (MEASURED statuses; its search trial and its
+    replicates); the winning trial is that configuration's best seed. Without: the trial with
+    the best val_f1.
     Returns {rule, trial_id, mean_val_f1, std_val_f1, seeds: [{trial_id, phase, seed, val_f1,
     epoch}], candidates: [{rank, mean_val_f1, std_val_f1, n_seeds, trial_ids}]}."""
     done = trials[trials["best_val_f1"].notna()].copy()
     if done.empty:
         raise ValueError("no trial reported val_f1")
-    done["config"] = [config_key(row) for _, row in done.iterrows()]
+    done["config"] = config_keys(done)
     replicated = set(done.loc[done["phase"] == INTENSIFY, "config"])
     if replicated:  # a replicate cut short (unfinished, error) does not measure its seed
         pool = done[done["config"].isin(replicated) & done["status"].isin(MEASURED)]
@@ -175,6 +195,4 @@ def expected_trials(trials: pd.DataFrame, opts: dict) -> int:
     """How many trials a finished search has: its samples, and a replicate per further seed of
     each leader (fewer leaders when the search had fewer distinct measured configurations)."""
     top, seeds = opts.get("intensify_top", 0), opts.get("intensify_seeds", 0)
-    searched = trials[(trials["phase"] == SEARCH) & trials["best_val_f1"].notna()]
-    distinct = len({config_key(row) for _, row in searched.iterrows()})
-    return opts["samples"] + min(top, distinct) * seeds
+    return opts["samples"] + len(search_leaders(trials, top)) * seeds

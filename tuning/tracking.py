@@ -14,6 +14,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from model.config import TrainConfig, from_trial_params
 from plumbing.errors import UsageError
 from plumbing.paths import Paths
+from tuning.intensify import phase
 
 # per epoch, as metric history (step = epoch)
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s")
@@ -69,8 +70,6 @@ class TrialRuns(MLflowLoggerCallback):
             self._trial_runs[trial] = found[0].info.run_id
             client.update_run(found[0].info.run_id, status="RUNNING")
             return
-        from tuning.intensify import phase
-
         run = client.create_run(self.mlflow_util.experiment_id, run_name=f"trial_{trial.trial_id}",
                                 tags={**self.tags, "trial_id": trial.trial_id, "status": "running",
                                       "phase": phase(trial.config)})
