@@ -19,10 +19,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.util import _set_search_properties_backwards_compatible
 
 from model.config import HYPERPARAMETERS, REPLICATE_KEY
+from tuning.outcome import MEASURED
 
 SEARCH, INTENSIFY = "search", "intensify"  # the two phases, as trials.csv and MLflow name them
-# statuses whose best val_f1 measures its seed (a diverged run counts, at 0: that seed failed)
-MEASURED = ("completed", "early_stopped", "asha_stopped", "diverged")
 
 
 def phase(config: dict) -> str:
@@ -63,17 +62,24 @@ class Intensify(Searcher):
             self.queue = replicates(self.params, self.best, self.top, self.seeds)
         return self.queue.pop(0) if self.queue else Searcher.FINISHED
 
+    def _rank(self, trial_id: str, result: dict | None) -> None:
+        if result and isinstance(result.get(self.metric), int | float):
+            value = result[self.metric] * (1 if self.mode == "max" else -1)
+            self.best[trial_id] = max(value, self.best.get(trial_id, value))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.params:
             self.searcher.on_trial_result(trial_id, result)
-            if isinstance(result.get(self.metric), int | float):
-                value = result[self.metric] * (1 if self.mode == "max" else -1)
-                self.best[trial_id] = max(value, self.best.get(trial_id, value))
+            self._rank(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        # Tune hands the result at which a trial stops (an ASHA cut, max_t) to this call only,
+        # never to on_trial_result: without it the leaders would be ranked on all but the last
+        # epoch, and a trial stopped at its first result not at all
         if trial_id in self.params:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            self._rank(trial_id, result)
             self.ended.add(trial_id)
 
     def get_state(self) -> dict:
@@ -148,15 +154,20 @@ def choose(trials: pd.DataFrame) -> dict:
     """The winner among trials.csv's rows (results.trials_frame) and how it was chosen.
 
     With intensification trials: among the replicated configurations, the one with the best
-    mean best_val_f1 over its measured seeds (MEASURED statuses; its search trial and its
-    replicates); the winning trial is that configuration's best seed. Without: the trial with
-    the best val_f1.
+    mean best_val_f1 over its measured seeds (MEASURED statuses: not a run the time budget or
+    an interruption cut short; its search trial and its replicates, a seed counted once); the
+    winning trial is that configuration's best seed. Without: the trial with the best val_f1.
     Returns {rule, trial_id, mean_val_f1, std_val_f1, seeds: [{trial_id, phase, seed, val_f1,
     epoch}], candidates: [{rank, mean_val_f1, std_val_f1, n_seeds, trial_ids}]}."""
-    done = trials[trials["best_val_f1"].notna()].copy()
+    # (trials.csv is in the order the trials were created: a tie goes to the earlier trial)
+    done = trials[trials["best_val_f1"].notna()]
     if done.empty:
         raise ValueError("no trial reported val_f1")
-    done["config"] = config_keys(done)
+    done = done.assign(config=config_keys(done))
+    # two trials of the same hyperparameters and seed are one run twice (TPE can suggest a
+    # configuration again): one seed, measured by the longer of the two
+    done = done.sort_values("best_val_f1", ascending=False, kind="stable").drop_duplicates(
+        ["config", "seed"]).sort_index()
     replicated = set(done.loc[done["phase"] == INTENSIFY, "config"])
     if replicated:  # a replicate cut short (unfinished, error) does not measure its seed
         pool = done[done["config"].isin(replicated) & done["status"].isin(MEASURED)]

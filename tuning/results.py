@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +13,8 @@ from model.config import DEFAULTS, HYPERPARAMETERS, REPLICATE_KEY, from_trial_pa
 from plumbing.errors import DataError
 from plumbing.files import write_text
 from tuning.intensify import SEARCH, choose, phase
+from tuning.outcome import METRIC, MODE, trial_status
 from tuning.storage import Storage
-from tuning.trainable import METRIC, MODE
 
 OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resume reads them)
 # trials.csv's columns of configuration: every hyperparameter, and the epochs a trial could run
@@ -34,27 +33,14 @@ def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
         raise DataError(f"{where}: cannot read the experiment ({type(e).__name__}: {e})") from None
 
 
-def trial_status(ray_status: str, last: Mapping | None, max_epochs: int) -> str:
-    """What became of a trial, from Ray's status and its last report: completed, early_stopped
-    (its own patience), diverged, asha_stopped, error, unfinished or no_result."""
-    if ray_status == "ERROR":
-        return "error"
-    if ray_status != "TERMINATED":
-        return "unfinished"
-    if last is None:
-        return "no_result"
-    own = last.get("status")
-    if own in ("completed", "early_stopped", "diverged"):
-        return own  # ran to max epochs / stopped by its own patience / its loss became NaN
-    return "asha_stopped" if int(last["epoch"]) < max_epochs else "completed"
-
-
 def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
     """trial id, status, phase (search or intensify) and replicate, every hyperparameter, seed,
     best and last val_f1, epochs run, time."""
     frames = analysis.trial_dataframes
     rows = []
-    for trial in analysis.trials:
+    # in the order the trials were created (Tune's tag starts with its counter), not in Tune's
+    # own order, which a resume changes: ties in the selection go to the earlier trial
+    for trial in sorted(analysis.trials, key=_created):
         history = frames.get(trial.trial_id)
         has = history is not None and len(history) and METRIC in history
         cfg = trial.config
@@ -76,6 +62,11 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
                        time_s=0.0)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _created(trial) -> int:
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return int(number) if number.isdigit() else 0
 
 
 def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame):

@@ -203,10 +203,17 @@ def main(argv=None) -> int:
         from tuning.results import write_reports
 
         table, best = write_reports(storage, name, report_dir)
+        # Tune tells neither the searcher nor the callbacks of the trials its time budget stopped
+        budget_stopped = table.loc[table["status"] == "budget_stopped", "trial_id"].tolist()
+        if opts["optuna_storage"] and budget_stopped:
+            from tuning.searcher import settle_budget_stopped
+
+            settle_budget_stopped(opts["optuna_storage"], name, budget_stopped)
         if opts.get("mlflow"):
-            from tuning.tracking import drop_orphan_runs
+            from tuning.tracking import drop_orphan_runs, end_runs
 
             drop_orphan_runs(opts["mlflow"], name, table["trial_id"])
+            end_runs(opts["mlflow"], name, budget_stopped, "budget_stopped")
 
     unfinished = int((table["status"] == "unfinished").sum())
     started = len(table)

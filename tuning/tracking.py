@@ -15,6 +15,7 @@ from model.config import TrainConfig, from_trial_params
 from plumbing.errors import UsageError
 from plumbing.paths import Paths
 from tuning.intensify import phase
+from tuning.outcome import trial_status
 
 # per epoch, as metric history (step = epoch)
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s")
@@ -44,7 +45,8 @@ def tracking_uri(flag: str | None, p: Paths) -> str | None:
 class TrialRuns(MLflowLoggerCallback):
     """One MLflow run per trial: the trial's config as params (its own seed included, as in
     trials.csv), EPOCH_METRICS per epoch, and tags trial_id, phase (search or intensify) and
-    status (set when the trial ends: completed, asha_stopped, early_stopped, diverged, error).
+    status (set when the trial ends: tuning/outcome.py's statuses; budget_stopped runs are ended by
+    the search itself, since Tune tells no callback of them).
 
     Resumable: a resumed search finds each trial's run by its trial_id tag and goes on logging to
     it, so it adds no duplicate runs (an epoch Tune replays is logged again at its own step, with
@@ -95,8 +97,6 @@ class TrialRuns(MLflowLoggerCallback):
         self._last[trial] = result
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        from tuning.results import trial_status
-
         run_id = self._run_id(trial)
         status = trial_status("ERROR" if failed else "TERMINATED", self._last.get(trial),
                               self.max_epochs)
@@ -121,6 +121,21 @@ def drop_orphan_runs(uri: str, experiment: str, trial_ids) -> int:
     for run in orphans:
         client.delete_run(run.info.run_id)
     return len(orphans)
+
+
+def end_runs(uri: str, experiment: str, trial_ids, status: str) -> None:
+    """End the runs of trials that Tune stopped without telling its callbacks (the time
+    budget's): status tag `status`, run FINISHED (each is a measurement cut short, not a
+    failure)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    for trial_id in trial_ids if exp is not None else ():
+        for run in client.search_runs([exp.experiment_id], f"tags.trial_id = '{trial_id}' and "
+                                                           f"tags.phase != 'evaluate'"):
+            client.set_tag(run.info.run_id, "status", status)
+            client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model) -> str:

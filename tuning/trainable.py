@@ -14,9 +14,9 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TrainConfig, from_trial_params
 from model.data import Splits
 from model.loop import train_epochs
+from tuning.outcome import METRIC, MODE
 
 CHECKPOINT_FILE = "state.pt"
-METRIC, MODE = "val_f1", "max"
 # Fault injection for the reliability tests. FAULT_EPOCH: a trial started fresh raises after this
 # epoch once; its retry resumes from the checkpoint and does not raise again. DIVERGE_EPOCH: the
 # training loss of every trial reads as NaN from this epoch on (a real divergence, as far as
@@ -81,10 +81,10 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     `samples` trials of OptunaSearch + ASHA, then the intensification trials (tuning/intensify.py)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from tuning import space as space_mod
     from tuning.intensify import Intensify, StagedASHA, stage_trials
+    from tuning.searcher import EpochOptunaSearch
 
     space = space_mod.load_space(opts["space"])
     param_space = space_mod.to_tune(space)
@@ -92,7 +92,8 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     param_space.update(
         epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
         device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
-    searcher = OptunaSearch(
+    searcher = EpochOptunaSearch(
+        max_epochs=opts["max_epochs"],
         points_to_evaluate=(opts.get("points") if opts.get("points") is not None
                             else space_mod.known_good_points(space)),
         sampler=optuna.samplers.TPESampler(seed=opts["seed"]),

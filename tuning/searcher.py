@@ -1,0 +1,92 @@
+"""OptunaSearch told what each trial really measured.
+
+Ray's OptunaSearch reports `training_iteration` steps and, when a trial ends, tells Optuna the
+trial COMPLETE with the value of its *last* result, whatever ended it. With ASHA that is wrong
+twice: a trial cut at the first rung is told as a finished run with its epoch-1 figure, side by
+side with full runs (TPE then learns that slow starters are bad configurations), and a finished
+trial is told its last epoch while the harness picks by its best. Tune also never hands the
+result at which a trial stops to `on_trial_result` ("Only updating search alg if the trial is
+not to be stopped", tune_controller.py): it arrives only in `on_trial_complete(result=...)`.
+
+So here, as trials.csv says (tuning/outcome.py, `trial_status`):
+  every epoch's val_f1 is an intermediate value at step = epoch, the stopping one included;
+  completed / early_stopped / diverged: COMPLETE, value = the best val_f1 over its epochs;
+  asha_stopped: PRUNED with its intermediate values (Optuna's TPE ranks pruned trials by the step
+    they reached, then by their value there; the study's value is the last intermediate one);
+  error: FAIL.
+A trial the time budget stopped is never told by Tune; `settle_budget_stopped` tells the study
+after the search (PRUNED). Each Optuna trial carries its Tune trial id as the user attribute
+`trial_id`, so the study and trials.csv can be laid side by side.
+"""
+from __future__ import annotations
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from tuning.outcome import METRIC, trial_status
+
+TRIAL_ID_ATTR = "trial_id"
+STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
+          "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
+          "budget_stopped": TrialState.PRUNED, "error": TrialState.FAIL}
+
+
+class EpochOptunaSearch(OptunaSearch):
+    """OptunaSearch (single objective, a dict space) with per-epoch intermediate values and a
+    trial's outcome told as its state (see the module's docstring)."""
+
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+        self.values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: val_f1} reported
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return params
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        value, epoch = result.get(METRIC), result.get("epoch")
+        seen = self.values.setdefault(trial_id, {})
+        if isinstance(value, int | float) and epoch is not None and int(epoch) not in seen:
+            seen[int(epoch)] = float(value)  # an epoch replayed after a resume is reported once
+            self._ot_trials[trial_id].report(float(value), int(epoch))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return
+        if result:
+            self._report(trial_id, result)
+        # Tune's own stop of a trial it never ran to a result (a pending trial at the end): no
+        # result and no error, which Ray's OptunaSearch tells as PRUNED too
+        status = "error" if error else trial_status("TERMINATED", result, self.max_epochs)
+        self._tell(trial_id, STATES.get(status, TrialState.PRUNED))
+
+    def _tell(self, trial_id: str, state: TrialState) -> None:
+        values = self.values.get(trial_id, {})
+        if state == TrialState.COMPLETE and not values:
+            state = TrialState.FAIL  # finished with no figure to tell: nothing to learn from
+        value = max(values.values()) if state == TrialState.COMPLETE else None
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def settle_budget_stopped(storage_url: str, study_name: str, trial_ids) -> int:
+    """Tell a stored study the trials that --time-budget-s stopped (Tune tells the searcher
+    nothing of them, so they stay RUNNING there): PRUNED, as an ASHA cut. Returns how many
+    were told."""
+    import optuna
+
+    stopped = set(trial_ids)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    told = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(TRIAL_ID_ATTR) in stopped:
+            study.tell(t.number, state=TrialState.PRUNED)
+            told += 1
+    return told
