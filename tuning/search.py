@@ -34,6 +34,7 @@ PROG = "python -m tuning.search"
 # winner's test figures and cost 4-5 minutes on two cores (README, "Measured"). `--intensify-top
 # 5` turns it on with the 2 further seeds each that were measured.
 INTENSIFY_TOP, INTENSIFY_SEEDS = 0, 2
+SAMPLERS = ("tpe", "random")
 
 
 def parse_args(argv=None):
@@ -69,6 +70,9 @@ def parse_args(argv=None):
                     help="ASHA: epochs every trial gets before it can be stopped (default 1)")
     ap.add_argument("--reduction-factor", type=float, default=3.0,
                     help="ASHA: keep 1/this of the trials at each rung (default 3)")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                    help="how Optuna suggests configurations: tpe (default) or random (the "
+                         "baseline TPE must beat; benchmarks/race.py)")
     ap.add_argument("--optuna-storage", metavar="URL",
                     help="keep the Optuna study in this database, e.g. sqlite:///artifacts/optuna.db")
     ap.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
-                "subset", "intensify_top", "intensify_seeds")}
+                "subset", "intensify_top", "intensify_seeds", "sampler")}
             from tuning.tracking import tracking_uri
 
             opts["mlflow"] = tracking_uri(args.mlflow, p)

@@ -96,7 +96,9 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         max_epochs=opts["max_epochs"],
         points_to_evaluate=(opts.get("points") if opts.get("points") is not None
                             else space_mod.known_good_points(space)),
-        sampler=optuna.samplers.TPESampler(seed=opts["seed"]),
+        # (an experiment from before --sampler used TPE)
+        sampler=(optuna.samplers.RandomSampler(seed=opts["seed"])
+                 if opts.get("sampler") == "random" else optuna.samplers.TPESampler(seed=opts["seed"])),
         study_name=opts["name"],
         storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
     )
