@@ -91,12 +91,14 @@ def search_root(prepared_root: Path, dest: Path, *, with_test: bool) -> Path:
 @pytest.fixture(scope="session")
 def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
     """A real search on a subset: 4 trials, then its top 2 configurations with one more seed
-    each (intensification), run in a root with no test split (the search must not need it); the
-    test split is copied in afterwards for evaluate_best. Returns the root."""
+    each (intensification), its Optuna study in optuna.db, run in a root with no test split
+    (the search must not need it); the test split is copied in afterwards for evaluate_best.
+    Returns the root."""
     root = search_root(prepared_root, tmp_path_factory.mktemp("tiny"), with_test=False)
     proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
                    "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL,
-                   "--intensify-top", "2", "--intensify-seeds", "1", root=root)
+                   "--intensify-top", "2", "--intensify-seeds", "1",
+                   "--optuna-storage", f"sqlite:///{root / 'optuna.db'}", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "search.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
     import shutil

@@ -1,0 +1,203 @@
+"""The search's own loop: what the searcher, the stage, Optuna and the selection rule are told of
+each trial, replayed as Tune calls them and checked on real searches against trials.csv."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import SEARCH_SMALL, run_cli, search_root
+
+slow = pytest.mark.slow
+MAX_EPOCHS = 3
+
+
+def _searcher(top: int, seeds: int, samples: int):
+    """The search's searcher (tuning/trainable.py's stack: the stage over the Optuna searcher)
+    for a small space, set up as Tune sets it up."""
+    from ray import tune
+
+    from tuning.intensify import Intensify
+    from tuning.searcher import EpochOptunaSearch
+
+    optuna_search = EpochOptunaSearch(max_epochs=MAX_EPOCHS,
+                                      sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = Intensify(optuna_search, samples, top, seeds)
+    space = {"hidden_size": tune.choice([64, 128, 192, 256]), "lr": tune.loguniform(1e-3, 1e-2),
+             "epochs": MAX_EPOCHS}
+    assert searcher.set_search_properties("val_f1", "max", space)
+    return searcher, optuna_search
+
+
+def _result(epoch: int, val_f1: float, **extra) -> dict:
+    return {"epoch": epoch, "val_f1": val_f1, "training_iteration": epoch,
+            "status": "completed" if epoch == MAX_EPOCHS else "running", "done": False, **extra}
+
+
+def test_the_searcher_hears_each_trials_stopping_result_as_tune_sends_it():
+    """Tune's real sequence: on_trial_result for every result but the one at which a trial
+    stops (an ASHA cut, or max_t), which comes only with on_trial_complete(result=...)."""
+    searcher, optuna_search = _searcher(top=2, seeds=1, samples=4)
+    ids = ["full", "cut", "peaked", "errored"]
+    params = {t: searcher.suggest(t) for t in ids}
+    # "full" runs 3 epochs: its best is its last, which only on_trial_complete carries
+    searcher.on_trial_result("full", _result(1, 0.50))
+    searcher.on_trial_result("full", _result(2, 0.60))
+    searcher.on_trial_complete("full", _result(3, 0.90, done=True))
+    # "cut": ASHA stops it at its first result (grace 1): it never reaches on_trial_result
+    searcher.on_trial_complete("cut", _result(1, 0.80, done=True))
+    # "peaked": best at epoch 2, lower at the last one
+    searcher.on_trial_result("peaked", _result(1, 0.40))
+    searcher.on_trial_result("peaked", _result(2, 0.70))
+    searcher.on_trial_complete("peaked", _result(3, 0.65, done=True))
+    searcher.on_trial_result("errored", _result(1, 0.30))
+    searcher.on_trial_complete("errored", error=True)
+    # the stage's leaders, by each trial's best over all its epochs: full (0.90), cut (0.80)
+    assert searcher.best == pytest.approx({"full": 0.90, "cut": 0.80, "peaked": 0.70,
+                                           "errored": 0.30})
+    assert [searcher.suggest(f"r{i}") for i in range(2)] == [
+        {**params["full"], "replicate": 1}, {**params["cut"], "replicate": 1}]
+    # Optuna is told the truth: a finished run's best, a cut run as PRUNED with its values
+    told = {t.user_attrs["trial_id"]: t for t in optuna_search._ot_study.trials}
+    assert told["full"].state == TrialState.COMPLETE and told["full"].value == 0.90
+    assert told["full"].intermediate_values == {1: 0.50, 2: 0.60, 3: 0.90}
+    assert told["peaked"].state == TrialState.COMPLETE and told["peaked"].value == 0.70
+    assert told["cut"].state == TrialState.PRUNED
+    assert told["cut"].intermediate_values == {1: 0.80}
+    assert told["errored"].state == TrialState.FAIL
+
+
+def test_a_trial_stopped_by_the_time_budget_is_not_an_asha_cut():
+    from tuning.outcome import trial_status
+
+    # Tune marks the result at which ASHA stops a trial `done`; the budget stops it between two
+    assert trial_status("TERMINATED", {"epoch": 1, "status": "running", "done": True}, 3) == \
+        "asha_stopped"
+    assert trial_status("TERMINATED", {"epoch": 1, "status": "running", "done": False}, 3) == \
+        "budget_stopped"
+    # as read back from progress.csv (a numpy bool) and from a CSV text
+    assert trial_status("TERMINATED", pd.Series({"epoch": 2, "status": "running",
+                                                 "done": True}), 3) == "asha_stopped"
+    assert trial_status("TERMINATED", {"epoch": 2, "status": "running", "done": "False"}, 3) == \
+        "budget_stopped"
+    assert trial_status("TERMINATED", {"epoch": 3, "status": "completed", "done": False}, 3) == \
+        "completed"
+    assert trial_status("RUNNING", {"epoch": 1, "status": "running", "done": False}, 3) == \
+        "unfinished"
+
+
+def _trials(rows):
+    """A trials.csv-like table: (trial_id, phase, hidden_size, status, best_val_f1, seed)."""
+    return pd.DataFrame([{"trial_id": t, "phase": ph, "replicate": int(ph == "intensify"),
+                          "hidden_size": h, "lr": 0.003, "status": st, "best_val_f1": f1,
+                          "best_epoch": 2, "seed": seed} for t, ph, h, st, f1, seed in rows])
+
+
+def test_the_rule_counts_a_seed_once_and_not_a_run_the_budget_cut():
+    from tuning.intensify import choose
+
+    trials = _trials([
+        ("a", "search", 64, "completed", 0.920, 11),
+        ("a-again", "search", 64, "completed", 0.920, 11),  # the same configuration and seed
+        ("b", "search", 128, "completed", 0.918, 22),
+        ("a2", "intensify", 64, "completed", 0.900, 12),
+        ("b2", "intensify", 128, "completed", 0.916, 23),
+        ("b3", "intensify", 128, "budget_stopped", 0.700, 24),  # cut short by the budget
+    ])
+    choice = choose(trials)
+    # by hand: a = mean(0.920, 0.900) = 0.910 (its repeat is the same run, not a third seed);
+    # b = mean(0.918, 0.916) = 0.917 (b3 measured nothing whole) -> b wins
+    assert choice["trial_id"] == "b"
+    assert choice["mean_val_f1"] == pytest.approx(0.917)
+    assert [s["trial_id"] for s in choice["seeds"]] == ["b", "b2"]
+    assert [(c["trial_ids"], round(c["mean_val_f1"], 3)) for c in choice["candidates"]] == [
+        (["b", "b2"], 0.917), (["a", "a2"], 0.910)]
+    # (counted twice, a would have had mean (0.920 + 0.920 + 0.900) / 3 = 0.9133; with b3 at
+    # 0.700, b's mean would have been 0.8447 and a would have won)
+
+
+def _study(storage: str, name: str) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return {t.user_attrs["trial_id"]: t for t in study.trials}
+
+
+def _assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:
+    """The study's state and value of every search trial, as trials.csv reports the trial."""
+    search = table[table["phase"] == "search"]
+    assert set(study) == set(search["trial_id"])
+    for _, row in search.iterrows():
+        trial = study[row["trial_id"]]
+        if row["status"] in ("completed", "early_stopped", "diverged"):
+            assert trial.state == TrialState.COMPLETE, row["trial_id"]
+            assert trial.value == pytest.approx(row["best_val_f1"])
+        else:
+            assert row["status"] in ("asha_stopped", "budget_stopped")
+            assert trial.state == TrialState.PRUNED, row["trial_id"]
+            assert len(trial.intermediate_values) == row["epochs_run"]
+            assert max(trial.intermediate_values.values()) == pytest.approx(row["best_val_f1"])
+
+
+@slow
+def test_the_study_holds_what_trials_csv_says_asha_cut_and_finished_trials(tiny_experiment):
+    root = tiny_experiment
+    table = pd.read_csv(root / "artifacts/search/tiny/trials.csv")
+    assert (table["status"] == "asha_stopped").any()  # (the fixture's search cuts some)
+    _assert_study_matches_trials_csv(_study(f"sqlite:///{root / 'optuna.db'}", "tiny"), table)
+
+
+@slow
+def test_a_one_epoch_search_ranks_its_trials_and_runs_its_stage(prepared_root, tmp_path):
+    """With --max-epochs 1 every trial stops at its first result (ASHA's max_t), which the
+    searcher hears only as the trial completes: the stage still knows its leaders."""
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "1", "--name", "one",
+                   *SEARCH_SMALL, "--intensify-top", "2", "--intensify-seeds", "1",
+                   "--optuna-storage", storage, root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "interrupted" not in proc.stderr
+    table = pd.read_csv(root / "artifacts/search/one/trials.csv")
+    assert table["phase"].value_counts().to_dict() == {"search": 4, "intensify": 2}
+    assert (table["status"] == "completed").all() and (table["epochs_run"] == 1).all()
+    search = table[table["phase"] == "search"]
+    hyper = ["embedding_dim", "hidden_size", "bidirectional", "embedding_dropout", "dropout",
+             "lr", "weight_decay", "batch_size"]
+    leaders = search.sort_values("best_val_f1", ascending=False).head(2)
+    replicated = table[table["phase"] == "intensify"]
+    assert sorted(map(tuple, replicated[hyper].values.tolist())) == \
+        sorted(map(tuple, leaders[hyper].values.tolist()))
+    _assert_study_matches_trials_csv(_study(storage, "one"), table)
+
+
+@slow
+def test_trials_the_time_budget_stopped_are_labelled_told_and_ended(prepared_root, tmp_path):
+    """Two trials that cannot finish (1000 epochs, no patience, no ASHA cut) when the budget
+    ends the search: budget_stopped in trials.csv, PRUNED in the study, their MLflow runs ended
+    with that status."""
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    (root / "space.yaml").write_text("patience: 0\n")
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "1000",
+                   "--grace-period", "1000", "--time-budget-s", "15", "--name", "budget",
+                   *SEARCH_SMALL, "--subset", "300", "--space", "space.yaml",
+                   "--optuna-storage", storage, "--mlflow", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(root / "artifacts/search/budget/trials.csv")
+    assert len(table) == 2 and (table["status"] == "budget_stopped").all(), table["status"]
+    assert (table["epochs_run"] >= 1).all()
+    assert "2 budget_stopped" in proc.stderr
+    _assert_study_matches_trials_csv(_study(storage, "budget"), table)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'artifacts/mlflow.db'}")
+    exp = client.get_experiment_by_name("budget")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(table["trial_id"])
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "budget_stopped"
+    best = json.loads((root / "artifacts/search/budget/best_config.json").read_text())
+    assert best["trial_id"] in set(table["trial_id"])
