@@ -64,6 +64,7 @@ def test_bad_space_files_are_usage_errors(tmp_path, content, needle):
     (["--reduction-factor", "1"], "--reduction-factor"),
     (["--grace-period", "5", "--max-epochs", "3"], "--grace-period"),
     (["--time-budget-s", "0"], "--time-budget-s"), (["--name", "a/b"], "--name"),
+    (["--name", "my search"], "--name"), (["--name", "a%2Fb"], "--name"), (["--name", "a#1"], "--name"),
     (["--space", "nope.txt"], "--space"), (["--points", "missing.json"], "--points"),
     (["--mlflow", "./mlruns"], "--mlflow"), (["--storage", "nope://bucket"], "--storage"),
     (["--intensify-top", "-1"], "--intensify-top"), (["--intensify-seeds", "x"], "--intensify-seeds")])

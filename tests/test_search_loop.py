@@ -201,3 +201,26 @@ def test_trials_the_time_budget_stopped_are_labelled_told_and_ended(prepared_roo
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "budget_stopped"
     best = json.loads((root / "artifacts/search/budget/best_config.json").read_text())
     assert best["trial_id"] in set(table["trial_id"])
+    # the space is stored as ranges, not as the path of a file that may be gone (or elsewhere)
+    opts = json.loads((root / "ray_results/budget/search_options.json").read_text())
+    assert opts["space"]["patience"] == 0 and opts["space"]["lr"] == {"loguniform": [1e-3, 1e-2]}
+    (root / "space.yaml").unlink()
+    proc = run_cli("tuning.search", "--name", "budget", "--resume", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_resume_reads_its_own_experiments_options_not_a_namesakes(tmp_path):
+    """Two experiments named x in two storages share the local report folder
+    artifacts/search/x/; the options stored beside each experiment are the truth."""
+    from tuning.results import OPTIONS_FILE, search_options
+    from tuning.storage import open_storage
+
+    a, b = open_storage(str(tmp_path / "A"), tmp_path), open_storage(str(tmp_path / "B"), tmp_path)
+    report_dir = tmp_path / "artifacts/search/x"
+    report_dir.mkdir(parents=True)
+    for storage, subset in ((a, 1500), (b, 300)):  # x in A, then x in B (its report last)
+        (tmp_path / storage.path("x")).mkdir(parents=True)
+        storage.write_json({"name": "x", "subset": subset}, "x", OPTIONS_FILE)
+        (report_dir / OPTIONS_FILE).write_text(json.dumps({"name": "x", "subset": subset}))
+    assert search_options(report_dir, a, "x")["subset"] == 1500
+    assert search_options(report_dir, b, "x")["subset"] == 300

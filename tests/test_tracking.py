@@ -79,6 +79,15 @@ def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evalua
     _assert_runs_match_the_trials(uri, root, "tracked")  # the resume added no duplicate run
 
     shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")
+    # evaluated where the search's SQLite store is not (another machine): refused before the
+    # test pass, not logged into a new empty database
+    db = root / "artifacts" / "mlflow.db"
+    db.rename(root / "elsewhere.db")
+    proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/tracked", root=root)
+    assert proc.returncode == 1 and "not on this machine" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "test accuracy" not in proc.stderr
+    assert not db.exists() and not (root / "artifacts/best").exists()
+    (root / "elsewhere.db").rename(db)
     proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/tracked", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((root / "artifacts/best/metrics.json").read_text())

@@ -107,6 +107,11 @@ def main(argv=None) -> int:
     analysis = load_experiment(storage, name)
     trials = trials_frame(analysis)
     trial, checkpoint, choice = winner(analysis, trials)
+    opts = search_options(p.search_reports / name, storage, name) or {}
+    if opts.get("mlflow"):  # before the test pass: it must not be run for nothing
+        from tuning.tracking import check_store
+
+        check_store(opts["mlflow"], name)
     state = read_checkpoint(checkpoint)
     splits = load_processed(p, with_test=True)
     check_checkpoint(state, splits.vocab_sha256)
@@ -127,8 +132,7 @@ def main(argv=None) -> int:
 
     print("baselines (majority, TF-IDF + LinearSVC)...", file=sys.stderr)
     base = baselines(p)
-    opts = search_options(p.search_reports / name, storage, name) or {}
-    importance = hyperparameter_importance(trials, space_mod.load_space(opts.get("space")))
+    importance = hyperparameter_importance(trials, space_mod.stored_space(opts.get("space")))
     reseeds = []
     if args.reseed:
         seeds = [state["config"]["seed"] + i for i in range(1, args.reseed + 1)]

@@ -84,15 +84,16 @@ def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame):
 
 
 def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None:
-    """A search's options: from its local report, else from the copy kept beside the experiment
-    (a resume or an evaluation on another machine); None if neither is there."""
-    local = report_dir / OPTIONS_FILE
-    if local.is_file():
-        return json.loads(local.read_text())
+    """A search's options: the copy kept beside the experiment (its own, wherever it runs or is
+    read from), else, for an experiment from before that copy was kept, the local report's;
+    None if neither is there. The local report folder is named by experiment name only, so two
+    experiments of one name in two storages share it: it must not speak for either."""
     try:
         return storage.read_json(name, OPTIONS_FILE)
-    except (OSError, ValueError):  # an experiment from before the copy was kept there
-        return None
+    except (OSError, ValueError):
+        pass
+    local = report_dir / OPTIONS_FILE
+    return json.loads(local.read_text()) if local.is_file() else None
 
 
 def write_reports(storage: Storage, name: str, out_dir: Path) -> tuple[pd.DataFrame, dict | None]:

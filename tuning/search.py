@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -96,8 +97,10 @@ def parse_args(argv=None):
         args.grace_period = 1
     if args.grace_period > args.max_epochs:
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
-    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
-        ap.error(f"argument --name: {args.name!r} is not a plain folder name")
+    # letters, digits, '.', '_' and '-': the name is pasted into folders, URIs, MLflow filters
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", args.name):
+        ap.error(f"argument --name: {args.name!r} is not a plain name (letters, digits, '.', "
+                 f"'_', '-'; not starting with '.')")
     return args
 
 
@@ -159,6 +162,7 @@ def main(argv=None) -> int:
                 "subset", "intensify_top", "intensify_seeds", "sampler")}
             from tuning.tracking import tracking_uri
 
+            opts["space"] = space  # the ranges themselves, not the path of the file they came from
             opts["mlflow"] = tracking_uri(args.mlflow, p)
             opts["name"] = name
             opts["points"] = points

@@ -101,6 +101,15 @@ def load_space(path: str | None) -> dict:
     return space
 
 
+def stored_space(stored) -> dict:
+    """The space a search ran over, from its search_options.json: the ranges themselves (so a
+    resume or an evaluation elsewhere needs no --space file), or, for an experiment from before
+    they were stored, the --space path it was given (None: SPACE)."""
+    if isinstance(stored, dict):
+        return {**SPACE, **validate(stored, "search_options.json: space")}
+    return load_space(stored)
+
+
 def to_tune(space: dict) -> dict:
     out = {}
     for key, spec in space.items():

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from model.config import TrainConfig, from_trial_params
-from plumbing.errors import UsageError
+from plumbing.errors import DataError, UsageError
 from plumbing.paths import Paths
 from tuning.intensify import phase
 from tuning.outcome import trial_status
@@ -40,6 +41,25 @@ def tracking_uri(flag: str | None, p: Paths) -> str | None:
         raise UsageError(f"--mlflow {flag}: expected a database URI (sqlite:///PATH.db, "
                          f"postgresql://...) or a tracking server URL (http://HOST:5000)")
     return flag
+
+
+def check_store(uri: str, experiment: str) -> None:
+    """A DataError unless the search's tracking store holds its experiment. A SQLite store is a
+    path on the machine that ran the search: elsewhere MLflow would silently open a new, empty
+    database and log the evaluation there, beside no trial."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DataError(f"the search was tracked in {uri}, which is not on this machine: copy "
+                        f"that file to the same path, or track searches in a server "
+                        f"(--mlflow http://HEAD:5000) that every machine reaches")
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception as e:  # noqa: BLE001 - a server down, a database refused
+        raise DataError(f"the search's tracking store {uri} cannot be read "
+                        f"({type(e).__name__}): {str(e).splitlines()[0][:200]}") from None
+    if found is None:
+        raise DataError(f"the search's tracking store {uri} has no experiment {experiment!r}")
 
 
 class TrialRuns(MLflowLoggerCallback):

@@ -86,7 +86,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     from tuning.intensify import Intensify, StagedASHA, stage_trials
     from tuning.searcher import EpochOptunaSearch
 
-    space = space_mod.load_space(opts["space"])
+    space = space_mod.stored_space(opts["space"])
     param_space = space_mod.to_tune(space)
     # fixed per search: every trial gets these as plain values (not searched)
     param_space.update(
