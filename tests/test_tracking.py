@@ -153,3 +153,42 @@ def test_model_train_reads_yaml_configs_with_the_same_one_line_errors(prepared_r
         proc = run_cli("model.train", "--config", str(bad), root=prepared_root)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+class _Trial:
+    """What TrialRuns reads of a Tune trial (hashable, as Tune's are)."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id, self.config = trial_id, {"hidden_size": 64, "search_seed": 0, "epochs": 3}
+
+
+def test_a_trial_run_is_found_in_its_own_search_only(tmp_path):
+    """A resumed trial finds its run by trial id within its search; never evaluate_best's run
+    (tagged with the winner's trial id), never another search's of the same MLflow name; and a
+    search's orphan cleanup leaves the namesake's runs alone."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.tracking import TrialRuns, drop_orphan_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mine = TrialRuns(uri, "x", 3, search_id="mine")
+    mine.setup()
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("x").experiment_id
+    evaluation = client.create_run(exp_id, tags={"phase": "evaluate", "trial_id": "t1",
+                                                 "search_id": "mine"})
+    client.set_terminated(evaluation.info.run_id, "FINISHED")
+    namesake = client.create_run(exp_id, tags={"phase": "search", "trial_id": "t9",
+                                               "search_id": "theirs", "status": "completed"})
+    client.set_terminated(namesake.info.run_id, "FINISHED")
+    trial = _Trial("t1")
+    mine.log_trial_start(trial)
+    assert mine._trial_runs[trial] not in (evaluation.info.run_id, namesake.info.run_id)
+    assert client.get_run(evaluation.info.run_id).info.status == "FINISHED"
+    # a resumed driver (a new callback, as unpickled) finds the trial's own run again
+    resumed = TrialRuns(uri, "x", 3, search_id="mine")
+    resumed.setup()
+    resumed.log_trial_start(_Trial("t1"))
+    assert list(resumed._trial_runs.values()) == [mine._trial_runs[trial]]
+    assert drop_orphan_runs(uri, "x", ["t1"], "mine") == 0
+    assert client.get_run(namesake.info.run_id).info.lifecycle_stage == "active"

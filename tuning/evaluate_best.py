@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     if opts.get("mlflow"):  # the search was tracked: the evaluation joins its experiment
         from tuning.tracking import log_evaluation
 
-        run_id = log_evaluation(opts["mlflow"], name, m, p.best, model)
+        run_id = log_evaluation(opts["mlflow"], name, m, p.best, model, opts.get("search_id"))
         print(f"MLflow: run {run_id} (evaluate_best) in experiment {name!r}: mlflow ui "
               f"--backend-store-uri {opts['mlflow']}", file=sys.stderr)
     print(json.dumps({"accuracy": m["accuracy"], "f1_macro": m["f1_macro"],

@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from plumbing.cli import (
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
             opts["space"] = space  # the ranges themselves, not the path of the file they came from
             opts["mlflow"] = tracking_uri(args.mlflow, p)
             opts["name"] = name
+            opts["search_id"] = uuid.uuid4().hex  # tells its MLflow runs from a namesake's
             opts["points"] = points
 
         if storage.is_local:  # fail here, not after Ray has started
@@ -220,8 +222,8 @@ def main(argv=None) -> int:
         if opts.get("mlflow"):
             from tuning.tracking import drop_orphan_runs, end_runs
 
-            drop_orphan_runs(opts["mlflow"], name, table["trial_id"])
-            end_runs(opts["mlflow"], name, budget_stopped, "budget_stopped")
+            drop_orphan_runs(opts["mlflow"], name, table["trial_id"], opts.get("search_id"))
+            end_runs(opts["mlflow"], name, budget_stopped, "budget_stopped", opts.get("search_id"))
 
     unfinished = int((table["status"] == "unfinished").sum())
     started = len(table)

@@ -72,9 +72,13 @@ class TrialRuns(MLflowLoggerCallback):
     it, so it adds no duplicate runs (an epoch Tune replays is logged again at its own step, with
     the same value)."""
 
-    def __init__(self, uri: str, experiment: str, max_epochs: int):
-        super().__init__(uri, experiment_name=experiment)
+    def __init__(self, uri: str, experiment: str, max_epochs: int, search_id: str | None = None):
+        # every run carries the search's id: an MLflow experiment of the same name can hold
+        # another search's runs (a reused --name), and evaluate_best's run names a trial too
+        super().__init__(uri, experiment_name=experiment,
+                         tags={"search_id": search_id} if search_id else None)
         self.max_epochs = max_epochs
+        self.search_id = search_id
         self._last: dict = {}
 
     def _client(self):
@@ -87,7 +91,7 @@ class TrialRuns(MLflowLoggerCallback):
             return
         client = self._client()
         found = client.search_runs([self.mlflow_util.experiment_id],
-                                   f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+                                   trial_runs_filter(self.search_id, trial.trial_id), max_results=1)
         if found:  # resumed: the trial's run is there already, params included
             self._trial_runs[trial] = found[0].info.run_id
             client.update_run(found[0].info.run_id, status="RUNNING")
@@ -125,10 +129,23 @@ class TrialRuns(MLflowLoggerCallback):
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def drop_orphan_runs(uri: str, experiment: str, trial_ids) -> int:
-    """Delete the runs of trials the experiment does not know: a trial started after the last
-    saved state of a driver killed with -9 is not resumed (the searcher suggests a new one), so
-    its run would stand beside its replacement's. Returns how many were deleted."""
+def trial_runs_filter(search_id: str | None, trial_id: str | None = None) -> str:
+    """An MLflow filter for the trial runs (not evaluate_best's) of one search (of one trial).
+    A search from before search ids were tagged (None) matches by name alone."""
+    parts = ["tags.phase != 'evaluate'"]
+    if search_id:
+        parts.append(f"tags.search_id = '{search_id}'")
+    if trial_id:
+        parts.append(f"tags.trial_id = '{trial_id}'")
+    return " and ".join(parts)
+
+
+def drop_orphan_runs(uri: str, experiment: str, trial_ids, search_id: str | None = None) -> int:
+    """Delete this search's runs of trials the experiment does not know: a trial started after
+    the last saved state of a driver killed with -9 is not resumed (the searcher suggests a new
+    one), so its run would stand beside its replacement's. Another search's runs in an MLflow
+    experiment of the same name are not this search's to delete. Returns how many were
+    deleted."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -136,14 +153,15 @@ def drop_orphan_runs(uri: str, experiment: str, trial_ids) -> int:
     if exp is None:
         return 0
     known = set(trial_ids)
-    orphans = [r for r in client.search_runs([exp.experiment_id], "tags.phase != 'evaluate'")
+    orphans = [r for r in client.search_runs([exp.experiment_id], trial_runs_filter(search_id))
                if r.data.tags.get("trial_id") not in known]
     for run in orphans:
         client.delete_run(run.info.run_id)
     return len(orphans)
 
 
-def end_runs(uri: str, experiment: str, trial_ids, status: str) -> None:
+def end_runs(uri: str, experiment: str, trial_ids, status: str,
+             search_id: str | None = None) -> None:
     """End the runs of trials that Tune stopped without telling its callbacks (the time
     budget's): status tag `status`, run FINISHED (each is a measurement cut short, not a
     failure)."""
@@ -152,13 +170,13 @@ def end_runs(uri: str, experiment: str, trial_ids, status: str) -> None:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     for trial_id in trial_ids if exp is not None else ():
-        for run in client.search_runs([exp.experiment_id], f"tags.trial_id = '{trial_id}' and "
-                                                           f"tags.phase != 'evaluate'"):
+        for run in client.search_runs([exp.experiment_id], trial_runs_filter(search_id, trial_id)):
             client.set_tag(run.info.run_id, "status", status)
             client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model) -> str:
+def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model,
+                   search_id: str | None = None) -> str:
     """evaluate_best's run: test metrics, everything in `folder` (report.md, plots, CSVs,
     metrics.json, model.pt), and the model in MLflow's PyTorch flavour, registered as a version
     of REGISTERED_MODEL (database stores and tracking servers have a registry). Returns the run
@@ -169,7 +187,8 @@ def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model) -> s
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="evaluate_best",
-                          tags={"phase": "evaluate", "trial_id": metrics["trial_id"]}) as run:
+                          tags={"phase": "evaluate", "trial_id": metrics["trial_id"],
+                                **({"search_id": search_id} if search_id else {})}) as run:
         mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
                             "test_f1_macro": metrics["f1_macro"],
                             "test_f1_weighted": metrics["f1_weighted"],

@@ -109,7 +109,8 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
         from tuning.tracking import TrialRuns
 
-        callbacks.append(TrialRuns(opts["mlflow"], opts["name"], opts["max_epochs"]))
+        callbacks.append(TrialRuns(opts["mlflow"], opts["name"], opts["max_epochs"],
+                                   opts.get("search_id")))
     scheduler = StagedASHA(time_attr="epoch", max_t=opts["max_epochs"],
                            grace_period=opts["grace_period"],
                            reduction_factor=opts["reduction_factor"])
