@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +74,49 @@ def read_yaml_or_json(path: str, flag: str):
         return yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - JSON or YAML syntax error
         raise UsageError(f"{flag} {path}: cannot parse ({str(e).splitlines()[0]})") from None
+
+
+# where each kind of URL takes its credentials instead of the URL itself
+_CREDENTIALS_GO = {
+    "--storage": "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                 "GOOGLE_APPLICATION_CREDENTIALS) or the provider's credentials file",
+    "--mlflow": "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
+    "--optuna-storage": "the database client's own files or environment (~/.pgpass or "
+                        "PGPASSWORD for PostgreSQL, an option file for MySQL)",
+}
+# scheme://user:PASSWORD@ (the password may hold '/', as AWS secret keys do: up to the last '@'
+# before the query)
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^?#]*@")
+_SECRET_QUERY_KEYS = ("access_key", "secret_key", "session_token", "password", "token")
+
+
+def refuse_secrets(flag: str, url: str | None) -> None:
+    """A UsageError if `url` carries a secret (user:password@, or a key in its query string):
+    it would be printed, logged by Ray and stored with the experiment. The message names the
+    flag and where credentials go, and never repeats the secret."""
+    if not url or "://" not in url:
+        return
+    from urllib.parse import parse_qsl, urlsplit
+
+    password = _USERINFO.match(url) is not None
+    in_query = [k for k, _ in parse_qsl(urlsplit(url).query) if k.lower() in _SECRET_QUERY_KEYS]
+    if password or in_query:
+        what = "a password" if password else ", ".join(in_query)
+        raise UsageError(f"{flag} {redact(url)}: the URL carries {what}, which would be printed "
+                         f"and stored with the experiment; give credentials through "
+                         f"{_CREDENTIALS_GO.get(flag, 'the environment')}")
+
+
+def redact(url: str) -> str:
+    """`url` with any password and secret query value replaced by ***, for printing."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    url = _USERINFO.sub(r"\1:***@", url)
+    parts = urlsplit(url)
+    if not any(k.lower() in _SECRET_QUERY_KEYS for k, _ in parse_qsl(parts.query)):
+        return url  # (urlunsplit would also rewrite sqlite://// paths)
+    query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*/:")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))

@@ -139,6 +139,11 @@ def test_no_experiment_is_a_clear_error(root):
     assert proc.returncode == 1 and "not a Ray Tune experiment" in proc.stderr
     proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/missing", root=root)
     assert proc.returncode == 2 and "--experiment" in proc.stderr
+    # a secret in the URI: refused before anything reads it, and not repeated
+    proc = run_cli("tuning.evaluate_best", "--experiment", "s3://AKIAX:s3cr/et@bucket/exps/x",
+                   root=root)
+    assert proc.returncode == 2 and "AWS_SECRET_ACCESS_KEY" in proc.stderr
+    assert "s3cr" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_corrupt_or_missing_checkpoint_and_vocab_mismatch_are_refused(evaluated, tmp_path):

@@ -67,12 +67,17 @@ def test_bad_space_files_are_usage_errors(tmp_path, content, needle):
     (["--name", "my search"], "--name"), (["--name", "a%2Fb"], "--name"), (["--name", "a#1"], "--name"),
     (["--space", "nope.txt"], "--space"), (["--points", "missing.json"], "--points"),
     (["--mlflow", "./mlruns"], "--mlflow"), (["--storage", "nope://bucket"], "--storage"),
+    (["--storage", "s3://AKIAX:s3cr/et@bucket/exps"], "AWS_SECRET_ACCESS_KEY"),
+    (["--storage", "s3://bucket/exps?access_key=A&secret_key=s3cr/et"], "--storage"),
+    (["--mlflow", "http://me:s3cr/et@127.0.0.1:5000"], "MLFLOW_TRACKING_PASSWORD"),
+    (["--optuna-storage", "postgresql://me:s3cr/et@127.0.0.1/optuna"], "PGPASSWORD"),
     (["--intensify-top", "-1"], "--intensify-top"), (["--intensify-seeds", "x"], "--intensify-seeds")])
 def test_bad_flags_exit_2_with_one_line(root, args, needle):
     proc = run_cli("tuning.search", *args, root=root)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], lines
+    assert "s3cr" not in proc.stderr  # a secret in a refused URL is not repeated
 
 
 def _trials(rows):

@@ -24,8 +24,8 @@ from model.checkpoint import (
 from model.config import TrainConfig, from_trial_params
 from model.data import Splits, load_processed
 from model.loop import evaluate, train_epochs
-from plumbing.cli import ArgumentParser, non_negative_int, run_main
-from plumbing.errors import DataError
+from plumbing.cli import ArgumentParser, non_negative_int, redact, refuse_secrets, run_main
+from plumbing.errors import DataError, UsageError
 from plumbing.files import atomic_folder
 from plumbing.paths import Paths, paths
 
@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reseed", type=non_negative_int, default=0, metavar="K",
                     help="also retrain the best config with K other seeds: test mean ± std")
     args = ap.parse_args(argv)
+    try:
+        refuse_secrets("--experiment", args.experiment)
+    except UsageError as e:
+        ap.error(f"argument {e}")
     p = paths()
     from tuning import space as space_mod
     from tuning.baselines import baselines
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
 
         run_id = log_evaluation(opts["mlflow"], name, m, p.best, model, opts.get("search_id"))
         print(f"MLflow: run {run_id} (evaluate_best) in experiment {name!r}: mlflow ui "
-              f"--backend-store-uri {opts['mlflow']}", file=sys.stderr)
+              f"--backend-store-uri {redact(opts['mlflow'])}", file=sys.stderr)
     print(json.dumps({"accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
                       "f1_weighted": m["f1_weighted"], "val_f1": m["val_f1"],
                       "trial_id": m["trial_id"]}))

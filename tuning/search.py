@@ -25,6 +25,7 @@ from plumbing.cli import (
     non_negative_int,
     positive_float,
     positive_int,
+    refuse_secrets,
     run_main,
 )
 from plumbing.errors import DataError, UsageError
@@ -98,6 +99,11 @@ def parse_args(argv=None):
         args.grace_period = 1
     if args.grace_period > args.max_epochs:
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
+    for flag in ("storage", "mlflow", "optuna_storage"):  # never printed, logged or stored
+        try:
+            refuse_secrets(f"--{flag.replace('_', '-')}", getattr(args, flag))
+        except UsageError as e:
+            ap.error(f"argument {e}")
     # letters, digits, '.', '_' and '-': the name is pasted into folders, URIs, MLflow filters
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", args.name):
         ap.error(f"argument --name: {args.name!r} is not a plain name (letters, digits, '.', "
