@@ -40,6 +40,38 @@ def read_live_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(complete))
 
 
+def study_by_trial(storage: str, name: str) -> dict:
+    """A stored Optuna study's trials by their Tune trial id (user attribute trial_id)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return {t.user_attrs["trial_id"]: t for t in study.trials}
+
+
+def assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:
+    """The study's state and value of every search trial, as trials.csv reports the trial; a
+    study trial the experiment does not know (a kill -9 left it behind) is FAIL."""
+    from optuna.trial import TrialState
+
+    search = table[table["phase"] == "search"]
+    assert set(search["trial_id"]) <= set(study)
+    for trial_id in set(study) - set(search["trial_id"]):
+        assert study[trial_id].state == TrialState.FAIL, trial_id
+    for _, row in search.iterrows():
+        trial = study[row["trial_id"]]
+        if row["status"] in ("completed", "early_stopped", "diverged"):
+            assert trial.state == TrialState.COMPLETE, row["trial_id"]
+            assert trial.value == pytest.approx(row["best_val_f1"])
+        elif row["status"] == "error":
+            assert trial.state == TrialState.FAIL, row["trial_id"]
+        else:
+            assert row["status"] in ("asha_stopped", "budget_stopped"), row["status"]
+            assert trial.state == TrialState.PRUNED, row["trial_id"]
+            assert len(trial.intermediate_values) == row["epochs_run"]
+            assert max(trial.intermediate_values.values()) == pytest.approx(row["best_val_f1"])
+
+
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> Path:
     """An empty project root for this test (EMOTION_ROOT), with no data source configured."""

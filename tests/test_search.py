@@ -15,7 +15,14 @@ import yaml
 from model.checkpoint import load_checkpoint
 from model.config import HYPERPARAMETERS
 from plumbing.errors import UsageError
-from tests.conftest import SEARCH_SMALL, read_live_csv, run_cli, search_root
+from tests.conftest import (
+    SEARCH_SMALL,
+    assert_study_matches_trials_csv,
+    read_live_csv,
+    run_cli,
+    search_root,
+    study_by_trial,
+)
 from tuning import space as space_mod
 
 slow = pytest.mark.slow
@@ -378,7 +385,8 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     # 4,000 rows: trials long enough that the first kill comes before all have started
     driver = _start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
                                   "--name", "killed", *SEARCH_SMALL, "--subset", "4000",
-                                  "--intensify-top", "2", "--intensify-seeds", "1"])
+                                  "--intensify-top", "2", "--intensify-seeds", "1",
+                                  "--optuna-storage", f"sqlite:///{root / 'optuna.db'}"])
     kill_when = [lambda: len(_finished_progress(exp, 3)) >= 1,        # a search trial finished
                  lambda: any(n >= 1 for n in _replicate_epochs(exp).values())]  # a replicate ran
     for round_, ready in enumerate(kill_when):
@@ -412,6 +420,10 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     for trial_id in table["trial_id"]:  # (a trial started after the last saved state of a
         # killed driver is unknown to the experiment: its folder stays, and is not in the table)
         assert_epochs(pd.read_csv(exp / f"trial_{trial_id}" / "progress.csv"), 3, trial_id)
+    # the stored study ends as trials.csv says, though a resumed trial may have finished there
+    # before the kill
+    assert_study_matches_trials_csv(study_by_trial(f"sqlite:///{root / 'optuna.db'}", "killed"),
+                                    table)
 
 
 def assert_epochs(progress: pd.DataFrame, epochs: int, trial_id: str) -> None:

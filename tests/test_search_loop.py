@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.conftest import (
+    SEARCH_SMALL,
+    assert_study_matches_trials_csv,
+    run_cli,
+    search_root,
+    study_by_trial,
+)
 
 slow = pytest.mark.slow
 MAX_EPOCHS = 3
@@ -119,34 +125,12 @@ def test_the_rule_counts_a_seed_once_and_not_a_run_the_budget_cut():
     # 0.700, b's mean would have been 0.8447 and a would have won)
 
 
-def _study(storage: str, name: str) -> dict:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=storage)
-    return {t.user_attrs["trial_id"]: t for t in study.trials}
-
-
-def _assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:
-    """The study's state and value of every search trial, as trials.csv reports the trial."""
-    search = table[table["phase"] == "search"]
-    assert set(study) == set(search["trial_id"])
-    for _, row in search.iterrows():
-        trial = study[row["trial_id"]]
-        if row["status"] in ("completed", "early_stopped", "diverged"):
-            assert trial.state == TrialState.COMPLETE, row["trial_id"]
-            assert trial.value == pytest.approx(row["best_val_f1"])
-        else:
-            assert row["status"] in ("asha_stopped", "budget_stopped")
-            assert trial.state == TrialState.PRUNED, row["trial_id"]
-            assert len(trial.intermediate_values) == row["epochs_run"]
-            assert max(trial.intermediate_values.values()) == pytest.approx(row["best_val_f1"])
-
-
 @slow
 def test_the_study_holds_what_trials_csv_says_asha_cut_and_finished_trials(tiny_experiment):
     root = tiny_experiment
     table = pd.read_csv(root / "artifacts/search/tiny/trials.csv")
     assert (table["status"] == "asha_stopped").any()  # (the fixture's search cuts some)
-    _assert_study_matches_trials_csv(_study(f"sqlite:///{root / 'optuna.db'}", "tiny"), table)
+    assert_study_matches_trials_csv(study_by_trial(f"sqlite:///{root / 'optuna.db'}", "tiny"), table)
 
 
 @slow
@@ -170,7 +154,7 @@ def test_a_one_epoch_search_ranks_its_trials_and_runs_its_stage(prepared_root, t
     replicated = table[table["phase"] == "intensify"]
     assert sorted(map(tuple, replicated[hyper].values.tolist())) == \
         sorted(map(tuple, leaders[hyper].values.tolist()))
-    _assert_study_matches_trials_csv(_study(storage, "one"), table)
+    assert_study_matches_trials_csv(study_by_trial(storage, "one"), table)
 
 
 @slow
@@ -190,7 +174,7 @@ def test_trials_the_time_budget_stopped_are_labelled_told_and_ended(prepared_roo
     assert len(table) == 2 and (table["status"] == "budget_stopped").all(), table["status"]
     assert (table["epochs_run"] >= 1).all()
     assert "2 budget_stopped" in proc.stderr
-    _assert_study_matches_trials_csv(_study(storage, "budget"), table)
+    assert_study_matches_trials_csv(study_by_trial(storage, "budget"), table)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root / 'artifacts/mlflow.db'}")
@@ -224,3 +208,35 @@ def test_a_resume_reads_its_own_experiments_options_not_a_namesakes(tmp_path):
         (report_dir / OPTIONS_FILE).write_text(json.dumps({"name": "x", "subset": subset}))
     assert search_options(report_dir, a, "x")["subset"] == 1500
     assert search_options(report_dir, b, "x")["subset"] == 300
+
+
+@slow
+def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepared_root, tmp_path):
+    """A trial that crashes at every start ends as an error (1 + 2 retries); the stage runs on
+    the measured leader only; a resume (the crash gone) keeps the error as it is: the searcher,
+    the study and the stage took it as ended, so a rerun would be told to nobody."""
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    args = ["--samples", "2", "--max-epochs", "2", "--grace-period", "2", "--name", "crashy",
+            *SEARCH_SMALL, "--subset", "800", "--intensify-top", "2", "--intensify-seeds", "1",
+            "--optuna-storage", storage]
+    # the two known-good points are the two trials: hidden 128 and hidden 192
+    crash = {"EMOTION_FAULT_CRASH_IF": "hidden_size=192"}
+    proc = run_cli("tuning.search", *args, root=root, env=crash)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(root / "artifacts/search/crashy/trials.csv")
+    search = table[table["phase"] == "search"]
+    assert search.set_index("hidden_size")["status"].to_dict() == {128: "completed", 192: "error"}
+    errored = table[table["status"] == "error"]
+    assert len(errored) == 1 and (errored["epochs_run"] == 0).all()
+    again = table[table["phase"] == "intensify"]
+    assert len(again) == 1 and (again["hidden_size"] == 128).all()  # the measured leader only
+    assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), table)
+    proc = run_cli("tuning.search", "--name", "crashy", "--resume", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = pd.read_csv(root / "artifacts/search/crashy/trials.csv")
+    assert after.sort_values("trial_id").reset_index(drop=True).equals(
+        table.sort_values("trial_id").reset_index(drop=True))
+    progress = root / "ray_results/crashy" / f"trial_{errored['trial_id'].iloc[0]}" / "progress.csv"
+    assert not progress.exists() or not progress.read_text().strip()  # not run again
+    assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), after)

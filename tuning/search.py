@@ -203,10 +203,14 @@ def main(argv=None) -> int:
               f"{opts['cpus_per_trial']} CPU(s) each", file=sys.stderr)
         trainable = make_trainable(splits, opts["cpus_per_trial"], opts["gpus_per_trial"])
         if args.resume:
-            print(f"resuming {name}: finished trials are kept, unfinished and errored ones "
+            print(f"resuming {name}: finished and errored trials are kept, unfinished ones "
                   f"continue from their last checkpoint", file=sys.stderr)
+            # Errored trials stay errored: each already failed 1 + max_failures times, and the
+            # searcher, the stage and the concurrency limit all took it as ended (a rerun would
+            # run beside the limit, start after the stage chose its leaders, and never be told
+            # to the searcher, which ConcurrencyLimiter only forwards for its live trials)
             tuner = tune.Tuner.restore(storage.path(name), trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True,
+                                       resume_unfinished=True, resume_errored=False,
                                        storage_filesystem=storage.ray_kwargs()["storage_filesystem"])
         else:
             tuner = make_tuner(opts, trainable, storage)
@@ -216,15 +220,16 @@ def main(argv=None) -> int:
         import ray
 
         ray.shutdown()  # no worker log lines after the summary below
+        from tuning.intensify import SEARCH
         from tuning.results import write_reports
 
         table, best = write_reports(storage, name, report_dir)
         # Tune tells neither the searcher nor the callbacks of the trials its time budget stopped
         budget_stopped = table.loc[table["status"] == "budget_stopped", "trial_id"].tolist()
-        if opts["optuna_storage"] and budget_stopped:
-            from tuning.searcher import settle_budget_stopped
+        if opts["optuna_storage"]:
+            from tuning.searcher import settle_study
 
-            settle_budget_stopped(opts["optuna_storage"], name, budget_stopped)
+            settle_study(opts["optuna_storage"], name, table[table["phase"] == SEARCH])
         if opts.get("mlflow"):
             from tuning.tracking import drop_orphan_runs, end_runs
 

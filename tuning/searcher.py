@@ -14,12 +14,14 @@ So here, as trials.csv says (tuning/outcome.py, `trial_status`):
   asha_stopped: PRUNED with its intermediate values (Optuna's TPE ranks pruned trials by the step
     they reached, then by their value there; the study's value is the last intermediate one);
   error: FAIL.
-A trial the time budget stopped is never told by Tune; `settle_budget_stopped` tells the study
-after the search (PRUNED). Each Optuna trial carries its Tune trial id as the user attribute
+A trial the time budget stopped is never told by Tune; `settle_study` tells a stored study after
+the search (PRUNED), and fails the trials a kill -9 left behind. A resume after kill -9 may rerun
+a trial that a stored study already holds finished: it is not told twice. Each Optuna trial carries its Tune trial id as the user attribute
 `trial_id`, so the study and trials.csv can be laid side by side.
 """
 from __future__ import annotations
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -50,7 +52,13 @@ class EpochOptunaSearch(OptunaSearch):
         seen = self.values.setdefault(trial_id, {})
         if isinstance(value, int | float) and epoch is not None and int(epoch) not in seen:
             seen[int(epoch)] = float(value)  # an epoch replayed after a resume is reported once
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            try:
+                self._ot_trials[trial_id].report(float(value), int(epoch))
+            except UpdateFinishedTrialError:
+                # a stored study (--optuna-storage) already holds this trial finished: it ended
+                # after the experiment state this resume started from (kill -9), and its rerun
+                # from a checkpoint repeats the same numbers
+                pass
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
@@ -72,21 +80,31 @@ class EpochOptunaSearch(OptunaSearch):
         if state == TrialState.COMPLETE and not values:
             state = TrialState.FAIL  # finished with no figure to tell: nothing to learn from
         value = max(values.values()) if state == TrialState.COMPLETE else None
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 
-def settle_budget_stopped(storage_url: str, study_name: str, trial_ids) -> int:
-    """Tell a stored study the trials that --time-budget-s stopped (Tune tells the searcher
-    nothing of them, so they stay RUNNING there): PRUNED, as an ASHA cut. Returns how many
-    were told."""
+def settle_study(storage_url: str, study_name: str, trials) -> dict[str, int]:
+    """After a search, end the trials of a stored study (--optuna-storage) that nothing else
+    will end, by trials.csv (`trials`, the search's rows):
+      budget_stopped: PRUNED, as an ASHA cut (Tune tells the searcher nothing of them);
+      a trial the experiment does not know (started after the state a kill -9 resume began
+      from; the searcher suggested another in its place): FAIL, as Optuna's own heartbeat
+      marks a lost worker's trial, so the study keeps no trial RUNNING forever.
+    Trials still unfinished (an interrupted search) stay RUNNING: a resume goes on with them.
+    Returns how many of each were told."""
     import optuna
 
-    stopped = set(trial_ids)
+    stopped = set(trials.loc[trials["status"] == "budget_stopped", "trial_id"])
+    known = set(trials["trial_id"])
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    told = 0
+    told = {"budget_stopped": 0, "unknown": 0}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(TRIAL_ID_ATTR) in stopped:
+        trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
+        if trial_id in stopped:
             study.tell(t.number, state=TrialState.PRUNED)
-            told += 1
+            told["budget_stopped"] += 1
+        elif trial_id not in known:
+            study.tell(t.number, state=TrialState.FAIL)
+            told["unknown"] += 1
     return told

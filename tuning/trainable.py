@@ -23,6 +23,9 @@ CHECKPOINT_FILE = "state.pt"
 # the loop can tell).
 FAULT_EPOCH_ENV = "EMOTION_FAULT_EPOCH"
 DIVERGE_EPOCH_ENV = "EMOTION_FAULT_DIVERGE_EPOCH"
+# CRASH_IF="key=value": a trial with that hyperparameter value crashes at every start (a trial
+# that ends as an error once its retries are spent)
+CRASH_IF_ENV = "EMOTION_FAULT_CRASH_IF"
 
 
 def read_checkpoint(checkpoint: tune.Checkpoint) -> dict:
@@ -34,6 +37,9 @@ def read_checkpoint(checkpoint: tune.Checkpoint) -> dict:
 def train_trial(config: dict, splits: Splits) -> None:
     """Ray Tune function trainable. `splits` comes once from the object store (with_parameters)."""
     cfg = TrainConfig.from_flat(from_trial_params(config))
+    key, _, value = os.environ.get(CRASH_IF_ENV, "").partition("=")
+    if key and str(config.get(key)) == value:
+        raise RuntimeError(f"injected crash: {key}={value} ({CRASH_IF_ENV})")
     checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a search
     resume = read_checkpoint(checkpoint) if checkpoint is not None else None
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
