@@ -3,6 +3,7 @@ and YAML configs for model.train."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -99,6 +100,65 @@ def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evalua
     assert {"report.md", "model.pt", "classification_report.csv", "confusion_matrix.png"} <= logged
     versions = client.search_model_versions("name = 'emotion-lstm'")
     assert [v.run_id for v in versions] == [evaluation.info.run_id]
+    _assert_the_registered_model_takes_texts(uri, root)
+
+
+def _predict_cli(root, texts: list[str]) -> dict[str, dict]:
+    proc = run_cli("tuning.predict", "--json", *texts, root=root)
+    assert proc.returncode == 0, proc.stderr
+    return {row["text"]: row for row in map(json.loads, proc.stdout.splitlines())}
+
+
+def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
+    """MLflow's own clients, given what a user has (texts): mlflow.pyfunc.load_model and
+    `mlflow models serve` on loopback answer as `python -m tuning.predict` does."""
+    import mlflow.pyfunc
+
+    from dataprep.schema import LABELS
+
+    texts = ["i feel so happy and grateful today", "i am terrified of what comes next",
+             "this makes me so angry"]
+    expected = _predict_cli(root, texts)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/emotion-lstm/1")
+    got = model.predict(pd.DataFrame({"text": [*texts, ""]}))
+    assert list(got.columns) == ["label", *LABELS]
+    for i, text in enumerate(texts):
+        assert got["label"][i] == expected[text]["label"], text
+        for label in LABELS:
+            assert got[label][i] == pytest.approx(expected[text]["probabilities"][label], abs=1e-6)
+    assert got.loc[:2, list(LABELS)].sum(axis=1).tolist() == pytest.approx([1.0] * 3)
+    assert pd.isna(got["label"][3])  # a text with no token: no label, the batch still answered
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+         "models:/emotion-lstm/1", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        # (the server runs uvicorn from the venv's bin, as in an activated venv)
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def up():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200
+            except OSError:
+                return False
+
+        assert _wait_for(up, timeout=120), "mlflow models serve did not start"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", method="POST",
+            data=json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode(),
+            headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        assert [row["label"] for row in answer] == [expected[t]["label"] for t in texts]
+        assert answer[0]["joy"] == pytest.approx(expected[texts[0]]["probabilities"]["joy"],
+                                                 abs=1e-6)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+        server.wait(timeout=30)
 
 
 @slow

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     if opts.get("mlflow"):  # the search was tracked: the evaluation joins its experiment
         from tuning.tracking import log_evaluation
 
-        run_id = log_evaluation(opts["mlflow"], name, m, p.best, model, opts.get("search_id"))
+        run_id = log_evaluation(opts["mlflow"], name, m, p.best, opts.get("search_id"))
         print(f"MLflow: run {run_id} (evaluate_best) in experiment {name!r}: mlflow ui "
               f"--backend-store-uri {redact(opts['mlflow'])}", file=sys.stderr)
     print(json.dumps({"accuracy": m["accuracy"], "f1_macro": m["f1_macro"],

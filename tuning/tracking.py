@@ -175,14 +175,15 @@ def end_runs(uri: str, experiment: str, trial_ids, status: str,
             client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model,
+def log_evaluation(uri: str, experiment: str, metrics: dict, folder: Path,
                    search_id: str | None = None) -> str:
     """evaluate_best's run: test metrics, everything in `folder` (report.md, plots, CSVs,
-    metrics.json, model.pt), and the model in MLflow's PyTorch flavour, registered as a version
-    of REGISTERED_MODEL (database stores and tracking servers have a registry). Returns the run
-    id."""
+    metrics.json, model.pt), and the model as a pyfunc model that takes raw texts
+    (tuning/serving.py), registered as a version of REGISTERED_MODEL (database stores and
+    tracking servers have a registry). Returns the run id."""
     import mlflow
-    import torch
+
+    from tuning.serving import log_pyfunc
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
@@ -195,9 +196,5 @@ def log_evaluation(uri: str, experiment: str, metrics: dict, folder, model,
                             "val_f1": metrics["val_f1"], "val_acc": metrics["val_acc"]})
         mlflow.log_params({"trial_id": metrics["trial_id"], "best_epoch": metrics["best_epoch"]})
         mlflow.log_artifacts(str(folder))
-        # the requirement named, not inferred (inference imports the model in a subprocess);
-        # pickled, not traced: the forward pass branches on the batch's lengths
-        flavour = {"name": "model", "serialization_format": "pickle",
-                   "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
-        mlflow.pytorch.log_model(model, registered_model_name=REGISTERED_MODEL, **flavour)
+        log_pyfunc(Path(folder) / "model.pt", REGISTERED_MODEL)
         return run.info.run_id
