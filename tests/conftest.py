@@ -72,6 +72,28 @@ def assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:
             assert max(trial.intermediate_values.values()) == pytest.approx(row["best_val_f1"])
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """End a process started with start_new_session=True and everything in its process group:
+    SIGTERM, then SIGKILL after `grace` seconds."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait(timeout=10)
+                return
+            time.sleep(0.2)
+    proc.wait(timeout=10)
+
+
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> Path:
     """An empty project root for this test (EMOTION_ROOT), with no data source configured."""

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.conftest import SEARCH_SMALL, run_cli, search_root, stop_group
 from tests.test_search import _start_search, _stderr, _wait_for, assert_epochs, trials_csv
 
 slow = pytest.mark.slow
@@ -141,7 +142,12 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     gcs, dashboard = ports
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # a home of its own (the token goes to ~/.ray/auth_token) and a Ray temp dir of its own:
+    # the user's Ray, token and sessions are left alone
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "HOME": str(home)}
     env.pop("EMOTION_DATA_DIR", None)
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -150,10 +156,23 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
                               timeout=timeout, check=False)
 
     assert ray("get-auth-token", "--generate").returncode == 0
-    up = ray("start", "--head", "--port", str(gcs), "--num-cpus", "2", "--node-ip-address",
-             "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard))
+    assert (home / ".ray" / "auth_token").is_file()
+    # --block: the head's processes stay in this process group, which the test ends itself
+    # (`ray stop` would stop every Ray of this user on the machine)
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
+         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+         str(dashboard), "--temp-dir", str(tmp_path / "ray")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     try:
-        assert up.returncode == 0, up.stderr[-3000:]
+        up = None
+        for _ in range(120):
+            up = ray("job", "list", "--address", f"http://127.0.0.1:{dashboard}", timeout=60)
+            if up.returncode == 0 or head.poll() is not None:
+                break
+            time.sleep(1)
+        assert up.returncode == 0, (up.stderr + (head.stderr.read() if head.poll() else ""))[-3000:]
         runtime_env = json.dumps({"env_vars": {"EMOTION_ROOT": str(root), "PYTHONUNBUFFERED": "1"}})
         job_id = f"search-{os.getpid()}"
         job = ray("job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
@@ -173,6 +192,6 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
                                   capture_output=True, text=True, timeout=120, check=False)
         assert "succeeded" not in no_token.stdout and no_token.returncode != 0
     finally:
-        ray("stop", "--force")
+        stop_group(head)
     assert len(trials_csv(root, "job")) == 2
     assert (root / "ray_results" / "job").is_dir()
