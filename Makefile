@@ -7,7 +7,7 @@ SAMPLES ?= 50
 SEARCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all install data search evaluate test lint bench bench-search clean \
+.PHONY: all install data search evaluate test test-fast lint bench bench-search bench-race clean \
         cluster-up cluster-join submit job-logs cluster-down
 
 all: data search evaluate  # in this order (no -j)
@@ -30,14 +30,22 @@ search: data
 evaluate: install
 	$(PY) -m tuning.evaluate_best
 
-test: install
+test: install  # the whole suite, real Ray searches included (CI runs this)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  # no Ray search: the model, config, dataprep, flags, the search loop's rules
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check plumbing dataprep model tuning tests benchmarks
 
 bench: data  # one epoch's throughput (about a minute)
 	$(PY) benchmarks/train_throughput.py
+
+# the search variants at equal wall budget (benchmarks/race.py; about 80 min at these settings)
+bench-race: data
+	git worktree add -f /tmp/emotion-old d161dce 2>/dev/null || true
+	$(PY) benchmarks/race.py --budget-s 240 --subset 4000 --old-code /tmp/emotion-old
 
 # issue #6's figures, each tens of minutes on 2 cores: run one at a time, nothing else running
 bench-search: data

@@ -90,6 +90,8 @@ def parse_args(argv=None):
                     help="address the Ray dashboard listens on (default 127.0.0.1: this machine)")
     ap.add_argument("--dashboard-port", type=positive_int, default=8265)
     ap.add_argument("--no-dashboard", action="store_true", help="start Ray without the dashboard")
+    ap.add_argument("--verbose", action="store_true",
+                    help="Tune's status tables instead of the progress line (kept on --resume)")
     ap.add_argument("--subset", type=positive_int, default=None,
                     help="use only the first N train and validation rows (smoke tests)")
     args = ap.parse_args(argv)
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
-                "subset", "intensify_top", "intensify_seeds", "sampler")}
+                "subset", "intensify_top", "intensify_seeds", "sampler", "verbose")}
             from tuning.tracking import tracking_uri
 
             opts["space"] = space  # the ranges themselves, not the path of the file they came from

@@ -112,6 +112,10 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         searcher = Intensify(searcher, opts["samples"], opts["intensify_top"],
                              opts["intensify_seeds"])
     callbacks = []
+    if not opts.get("verbose"):  # (with --verbose: Tune's status tables)
+        from tuning.progress import Progress
+
+        callbacks.append(Progress(opts["samples"] + stage_trials(opts), opts["max_epochs"]))
     if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
         from tuning.tracking import TrialRuns
 
@@ -137,6 +141,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=opts["name"],
             callbacks=callbacks,
+            verbose=None if opts.get("verbose") else 0,
             **storage.ray_kwargs(),  # a folder, or a cloud filesystem and the path on it
             # Every epoch's checkpoint is kept: a cap (num_to_keep=K) makes Tune snapshot the
             # experiment state whenever a trial has written K checkpoints since the last one
