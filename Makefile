@@ -53,7 +53,7 @@ bench-search: data
 	$(PY) benchmarks/ray_overhead.py
 	$(PY) benchmarks/asha_vs_fifo.py
 
-# A Ray cluster of your own machines (README, "Run on a Ray cluster"). On the head:
+# A Ray cluster of your own machines (docs/cluster.md). On the head:
 #   make cluster-up            then on each worker: make cluster-join HEAD=<head-ip>:6379
 #   make submit STORAGE=s3://bucket/exps SAMPLES=50      make job-logs JOB=raysubmit_...
 # token auth for clusters started here (Ray 2.60 turns it on by itself only for local instances);

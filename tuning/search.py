@@ -34,7 +34,7 @@ from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
 # Intensification is off by default: over three default searches it never raised the worst
-# winner's test figures and cost 4-5 minutes on two cores (README, "Measured"). `--intensify-top
+# winner's test figures and cost 4-5 minutes on two cores (docs/measured.md). `--intensify-top
 # 5` turns it on with the 2 further seeds each that were measured.
 INTENSIFY_TOP, INTENSIFY_SEEDS = 0, 2
 SAMPLERS = ("tpe", "random")

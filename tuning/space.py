@@ -26,7 +26,7 @@ from plumbing.cli import read_yaml_or_json
 from plumbing.errors import UsageError
 
 # Sized for the default budget (50 trials in about 10 minutes on 2 cores); why each range is what
-# it is, and what was left out, is in the README ("The search space").
+# it is, and what was left out, is in docs/guide.md (the search space).
 SPACE = {
     "rnn": "lstm",
     "embedding_dim": {"choice": [64, 128, 200]},

@@ -145,7 +145,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
             **storage.ray_kwargs(),  # a folder, or a cloud filesystem and the path on it
             # Every epoch's checkpoint is kept: a cap (num_to_keep=K) makes Tune snapshot the
             # experiment state whenever a trial has written K checkpoints since the last one
-            # (README, "Outputs")
+            # (docs/guide.md, outputs)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=None, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             # a crashed trial restarts from its last checkpoint, up to twice
