@@ -185,8 +185,12 @@ def test_tiny_search_writes_every_output_and_asha_stops_early(tiny_experiment):
         assert progress["epoch"].tolist() == list(range(1, len(progress) + 1))
         assert progress["val_f1"].notna().all()
         assert list(d.glob("events.out.tfevents.*")), "TensorBoard events per trial"
-        # every epoch's checkpoint is kept (a cap forces an experiment snapshot per checkpoint)
-        assert len(list(d.glob("checkpoint_*"))) == len(progress)
+        # once the search ended, each trial of the top 5 configurations (all of them here)
+        # keeps its best-validation checkpoint only (--keep-checkpoints leaders)
+        [kept] = d.glob("checkpoint_*")
+        row = table[table["trial_id"] == d.name.removeprefix("trial_")].iloc[0]
+        assert load_checkpoint(kept / "state.pt")["epoch"] == row["best_epoch"]
+    assert "checkpoints: 6 kept, " in log
 
 
 def _phases_on_the_leaders(table: pd.DataFrame, top: int):

@@ -243,3 +243,39 @@ def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepare
     progress = root / "ray_results/crashy" / f"trial_{errored['trial_id'].iloc[0]}" / "progress.csv"
     assert not progress.exists() or not progress.read_text().strip()  # not run again
     assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), after)
+
+
+class _Checkpoint:
+    def __init__(self, path: str):
+        self.path = path
+
+
+class _Analysis:
+    """What retention reads of an ExperimentAnalysis: trials and each one's best checkpoint."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.trials = [type("T", (), {"trial_id": r["trial_id"],
+                                      "config": {"hidden_size": r["hidden_size"], "lr": 0.003}})()
+                       for _, r in table.iterrows()]
+
+    def get_best_checkpoint(self, trial, metric, mode):
+        assert (metric, mode) == ("val_f1", "max")
+        return _Checkpoint(f"/x/trial_{trial.trial_id}/checkpoint_best")
+
+
+def test_an_ended_search_keeps_the_best_checkpoint_of_its_five_leading_configurations():
+    from tuning.retention import kept_checkpoints
+
+    # 7 configurations (hidden 10..70), one of them twice; f1 rises with hidden_size
+    rows = [(f"t{h}", "search", h, "completed", h / 100, 1) for h in range(10, 80, 10)]
+    rows.append(("t70b", "search", 70, "asha_stopped", 0.5, 2))  # a leader's other trial
+    rows.append(("t5", "search", 5, "error", float("nan"), 3))
+    table = _trials(rows)
+    keep = kept_checkpoints(_Analysis(table), table)
+    leaders = {"t70", "t70b", "t60", "t50", "t40", "t30"}  # the top 5 configurations' trials
+    assert {t for t, path in keep.items() if path} == leaders
+    assert keep["t20"] is None and keep["t10"] is None and keep["t5"] is None
+    # interrupted: the unfinished trial keeps all of its (absent here); every ended one its best
+    table.loc[table["trial_id"] == "t10", "status"] = "unfinished"
+    keep = kept_checkpoints(_Analysis(table), table)
+    assert "t10" not in keep and all(keep[t] for t in keep if t != "t5")

@@ -96,10 +96,9 @@ def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None
     return json.loads(local.read_text()) if local.is_file() else None
 
 
-def write_reports(storage: Storage, name: str, out_dir: Path) -> tuple[pd.DataFrame, dict | None]:
+def write_reports(analysis: ExperimentAnalysis, out_dir: Path) -> tuple[pd.DataFrame, dict | None]:
     """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials and
     best_config.json's content (None: no trial finished an epoch)."""
-    analysis = load_experiment(storage, name)
     table = trials_frame(analysis)
     write_text(out_dir / "trials.csv", table.to_csv(index=False))
     best = None

@@ -33,6 +33,7 @@ from plumbing.files import file_lock, write_text
 from plumbing.paths import Paths, paths
 
 PROG = "python -m tuning.search"
+KEEP = ("leaders", "all")  # --keep-checkpoints (tuning/retention.py)
 # Intensification is off by default: over three default searches it never raised the worst
 # winner's test figures and cost 4-5 minutes on two cores (docs/measured.md). `--intensify-top
 # 5` turns it on with the 2 further seeds each that were measured.
@@ -90,6 +91,10 @@ def parse_args(argv=None):
                     help="address the Ray dashboard listens on (default 127.0.0.1: this machine)")
     ap.add_argument("--dashboard-port", type=positive_int, default=8265)
     ap.add_argument("--no-dashboard", action="store_true", help="start Ray without the dashboard")
+    ap.add_argument("--keep-checkpoints", choices=KEEP, default="leaders",
+                    help="when the search ends: leaders (default: the best checkpoint of the top "
+                         "5 configurations' trials, what evaluate_best and a stage can use) or "
+                         "all (every epoch's)")
     ap.add_argument("--verbose", action="store_true",
                     help="Tune's status tables instead of the progress line (kept on --resume)")
     ap.add_argument("--subset", type=positive_int, default=None,
@@ -168,7 +173,7 @@ def main(argv=None) -> int:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
-                "subset", "intensify_top", "intensify_seeds", "sampler", "verbose")}
+                "subset", "intensify_top", "intensify_seeds", "sampler", "verbose", "keep_checkpoints")}
             from tuning.tracking import tracking_uri
 
             opts["space"] = space  # the ranges themselves, not the path of the file they came from
@@ -223,9 +228,16 @@ def main(argv=None) -> int:
 
         ray.shutdown()  # no worker log lines after the summary below
         from tuning.intensify import SEARCH
-        from tuning.results import write_reports
+        from tuning.results import load_experiment, write_reports
 
-        table, best = write_reports(storage, name, report_dir)
+        analysis = load_experiment(storage, name)
+        table, best = write_reports(analysis, report_dir)
+        if opts.get("keep_checkpoints", "all") != "all":  # (an experiment from before: all)
+            from tuning.retention import prune
+
+            kept, deleted = prune(storage, name, analysis, table)
+            print(f"checkpoints: {kept} kept, {deleted} deleted (--keep-checkpoints "
+                  f"{opts['keep_checkpoints']})", file=sys.stderr)
         # Tune tells neither the searcher nor the callbacks of the trials its time budget stopped
         budget_stopped = table.loc[table["status"] == "budget_stopped", "trial_id"].tolist()
         if opts["optuna_storage"]:
