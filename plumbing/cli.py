@@ -78,6 +78,8 @@ def read_yaml_or_json(path: str, flag: str):
 
 # where each kind of URL takes its credentials instead of the URL itself
 _CREDENTIALS_GO = {
+    "--warm-start": "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                    "GOOGLE_APPLICATION_CREDENTIALS) or the provider's credentials file",
     "--experiment": "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
                     "GOOGLE_APPLICATION_CREDENTIALS) or the provider's credentials file",
     "--storage": "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "

@@ -279,3 +279,40 @@ def test_an_ended_search_keeps_the_best_checkpoint_of_its_five_leading_configura
     table.loc[table["trial_id"] == "t10", "status"] = "unfinished"
     keep = kept_checkpoints(_Analysis(table), table)
     assert "t10" not in keep and all(keep[t] for t in keep if t != "t5")
+
+
+@slow
+def test_a_warm_started_search_learns_from_another_experiments_trials_first(tiny_experiment,
+                                                                            prepared_root,
+                                                                            tmp_path):
+    source = tiny_experiment / "ray_results" / "tiny"
+    earlier = pd.read_csv(tiny_experiment / "artifacts/search/tiny/trials.csv")
+    earlier = earlier[earlier["phase"] == "search"]
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    same = ["--max-epochs", "3", "--grace-period", "1", "--reduction-factor", "2", *SEARCH_SMALL]
+    # refused, naming what differs: the epochs, a range
+    proc = run_cli("tuning.search", "--samples", "1", "--name", "w", "--warm-start", str(source),
+                   *SEARCH_SMALL, "--max-epochs", "2", root=root)
+    assert proc.returncode == 2 and "--max-epochs" in proc.stderr, proc.stderr
+    (root / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    proc = run_cli("tuning.search", "--samples", "1", "--name", "w", "--warm-start", str(source),
+                   *same, "--space", "space.yaml", root=root)
+    assert proc.returncode == 2 and "differs in lr" in proc.stderr, proc.stderr
+    assert not (root / "ray_results" / "w").exists()
+
+    proc = run_cli("tuning.search", "--samples", "2", "--name", "w", "--warm-start", str(source),
+                   *same, "--optuna-storage", storage, root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = optuna.load_study(study_name="w", storage=storage).trials
+    # the earlier search's trials come first, as they ended there, then the 2 new ones
+    warm, new = trials[:len(earlier)], trials[len(earlier):]
+    assert [t.user_attrs["trial_id"] for t in warm] == earlier["trial_id"].tolist()
+    assert all(t.user_attrs["warm_start"] == str(source) for t in warm)
+    assert_study_matches_trials_csv({t.user_attrs["trial_id"]: t for t in warm}, earlier)
+    table = pd.read_csv(root / "artifacts/search/w/trials.csv")
+    assert len(new) == 2 and [t.user_attrs["trial_id"] for t in new] == table["trial_id"].tolist()
+    assert all("warm_start" not in t.user_attrs for t in new)

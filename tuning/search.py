@@ -77,6 +77,10 @@ def parse_args(argv=None):
     ap.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                     help="how Optuna suggests configurations: tpe (default) or random (the "
                          "baseline TPE must beat; benchmarks/race.py)")
+    ap.add_argument("--warm-start", metavar="NAME|DIR|URI",
+                    help="a finished experiment (a name in --storage, a folder, or a URI) whose "
+                         "trials the searcher learns from before its first suggestion (same "
+                         "space, --max-epochs and --subset)")
     ap.add_argument("--optuna-storage", metavar="URL",
                     help="keep the Optuna study in this database, e.g. sqlite:///artifacts/optuna.db")
     ap.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
@@ -106,7 +110,8 @@ def parse_args(argv=None):
         args.grace_period = 1
     if args.grace_period > args.max_epochs:
         ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
-    for flag in ("storage", "mlflow", "optuna_storage"):  # never printed, logged or stored
+    # a URL with a secret would be printed, logged by Ray and stored with the experiment
+    for flag in ("storage", "mlflow", "optuna_storage", "warm_start"):
         try:
             refuse_secrets(f"--{flag.replace('_', '-')}", getattr(args, flag))
         except UsageError as e:
@@ -116,6 +121,17 @@ def parse_args(argv=None):
         ap.error(f"argument --name: {args.name!r} is not a plain name (letters, digits, '.', "
                  f"'_', '-'; not starting with '.')")
     return args
+
+
+def warm_start(flag: str, storage, space: dict, opts: dict) -> list[dict]:
+    """--warm-start NAME (in this search's storage), DIR or URI -> its trials (searcher.py)."""
+    from tuning.searcher import warm_trials
+    from tuning.storage import open_experiment
+
+    source, name = (open_experiment(flag, "--warm-start") if "/" in flag else (storage, flag))
+    if not source.is_experiment(name):
+        raise UsageError(f"--warm-start {flag}: no experiment {name!r} in {source.text}")
+    return warm_trials(source, name, space, opts)
 
 
 def experiment_lock(lock_file: Path, name: str):
@@ -177,6 +193,8 @@ def main(argv=None) -> int:
             from tuning.tracking import tracking_uri
 
             opts["space"] = space  # the ranges themselves, not the path of the file they came from
+            # the earlier trials themselves: a resume needs neither the source nor its storage
+            opts["warm_start"] = args.warm_start and warm_start(args.warm_start, storage, space, opts)
             opts["mlflow"] = tracking_uri(args.mlflow, p)
             opts["name"] = name
             opts["search_id"] = uuid.uuid4().hex  # tells its MLflow runs from a namesake's

@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuning.outcome import METRIC, trial_status
 
 TRIAL_ID_ATTR = "trial_id"
+WARM_ATTR = "warm_start"  # on a trial learnt from another experiment: that experiment
 STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
           "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
           "budget_stopped": TrialState.PRUNED, "error": TrialState.FAIL}
@@ -37,10 +38,24 @@ class EpochOptunaSearch(OptunaSearch):
     """OptunaSearch (single objective, a dict space) with per-epoch intermediate values and a
     trial's outcome told as its state (see the module's docstring)."""
 
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, warm: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self.warm = warm or []  # another experiment's trials to learn from first (--warm-start)
         self.values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: val_f1} reported
+
+    def _setup_study(self, mode) -> None:
+        """The study, then the warm-start trials in it, as they ended there (before any
+        suggestion: Tune sets the search properties first; a resume restores the study)."""
+        import optuna
+
+        super()._setup_study(mode)
+        for w in self.warm:
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                state=TrialState[w["state"]], value=w["value"], params=w["params"],
+                distributions=self._space,
+                intermediate_values={int(e): v for e, v in w["intermediate_values"].items()},
+                user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -108,3 +123,47 @@ def settle_study(storage_url: str, study_name: str, trials) -> dict[str, int]:
             study.tell(t.number, state=TrialState.FAIL)
             told["unknown"] += 1
     return told
+
+
+def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
+    """The search trials of experiment `name` (in `storage`) for a new search to learn from
+    (--warm-start): each ended trial's params, state (as `EpochOptunaSearch` told it), value and
+    per-epoch val_f1. A UsageError, naming what differs, unless the experiment searched the same
+    space with the same max epochs and training rows (its figures would not compare)."""
+    import json
+    from pathlib import Path
+
+    from plumbing.errors import UsageError
+    from tuning.intensify import SEARCH
+    from tuning.results import load_experiment, search_options, trials_frame
+    from tuning.space import stored_space
+
+    source = storage.uri(name)
+    theirs = search_options(Path(storage.path(name)), storage, name)
+    if theirs is None:
+        raise UsageError(f"--warm-start {source}: no search_options.json beside the experiment")
+    mine, other = (json.loads(json.dumps(s)) for s in (space, stored_space(theirs.get("space"))))
+    differ = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+    if differ:
+        raise UsageError(f"--warm-start {source}: its search space differs in {', '.join(differ)}")
+    for key, flag in (("max_epochs", "--max-epochs"), ("subset", "--subset")):
+        if theirs.get(key) != opts[key]:
+            raise UsageError(f"--warm-start {source}: it ran with {flag} {theirs.get(key)}, this "
+                             f"search with {opts[key]}; their figures would not compare")
+    analysis = load_experiment(storage, name)
+    frames = analysis.trial_dataframes
+    table = trials_frame(analysis)
+    searched = [k for k, v in space.items() if isinstance(v, dict)]
+    warm = []
+    for _, row in table[table["phase"] == SEARCH].iterrows():
+        state = STATES.get(row["status"])
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED) or not row["epochs_run"]:
+            continue
+        history = frames[row["trial_id"]]
+        curve = {int(e): float(v) for e, v in zip(history["epoch"], history[METRIC], strict=True)}
+        warm.append({
+            "trial_id": row["trial_id"], "source": source, "state": state.name,
+            "params": {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in searched},
+            "value": float(row["best_val_f1"]) if state == TrialState.COMPLETE else curve[max(curve)],
+            "intermediate_values": curve})
+    return warm

@@ -99,7 +99,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
         device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
     searcher = EpochOptunaSearch(
-        max_epochs=opts["max_epochs"],
+        max_epochs=opts["max_epochs"], warm=opts.get("warm_start") or None,
         points_to_evaluate=(opts.get("points") if opts.get("points") is not None
                             else space_mod.known_good_points(space)),
         # (an experiment from before --sampler used TPE)
