@@ -98,10 +98,13 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     param_space.update(
         epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
         device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
+    warm = opts.get("warm_start") or []
+    points = (opts.get("points") if opts.get("points") is not None
+              else space_mod.known_good_points(space))
+    tried = [w["params"] for w in warm]  # a point the warm start already measured is not rerun
     searcher = EpochOptunaSearch(
-        max_epochs=opts["max_epochs"], warm=opts.get("warm_start") or None,
-        points_to_evaluate=(opts.get("points") if opts.get("points") is not None
-                            else space_mod.known_good_points(space)),
+        max_epochs=opts["max_epochs"], warm=warm,
+        points_to_evaluate=[p for p in points if p not in tried] or None,
         # (an experiment from before --sampler used TPE)
         sampler=(optuna.samplers.RandomSampler(seed=opts["seed"])
                  if opts.get("sampler") == "random" else optuna.samplers.TPESampler(seed=opts["seed"])),
