@@ -35,6 +35,7 @@ class Progress(Callback):
 
     def setup(self, **info) -> None:
         self._reset()  # (a resumed search unpickles this callback with the last run's counts)
+        self.total = info.get("total_num_samples") or self.total  # (an extension has more)
 
     def on_step_begin(self, iteration: int, trials, **info) -> None:
         if self.ended_before is None:

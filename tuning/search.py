@@ -39,12 +39,15 @@ KEEP = ("leaders", "all")  # --keep-checkpoints (tuning/retention.py)
 # 5` turns it on with the 2 further seeds each that were measured.
 INTENSIFY_TOP, INTENSIFY_SEEDS = 0, 2
 SAMPLERS = ("tpe", "random")
+GRACE_PERIOD = 1  # ASHA: epochs every trial gets before it can be stopped (benchmarks/race.py)
 
 
 def parse_args(argv=None):
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=positive_int, default=50, help="trials to run (default 50)")
-    ap.add_argument("--max-epochs", type=positive_int, default=6,
+    ap.add_argument("--samples", type=positive_int, default=None,
+                    help="trials to run (default 50); with --resume of an ended search, more "
+                         "than it has extends it with new trials")
+    ap.add_argument("--max-epochs", type=positive_int, default=None,
                     help="epochs per trial at most, and the length of each trial's cosine LR "
                          "schedule; ASHA's max_t (default 6)")
     ap.add_argument("--concurrency", type=positive_int, default=None,
@@ -71,7 +74,7 @@ def parse_args(argv=None):
     ap.add_argument("--time-budget-s", type=positive_float, default=None,
                     help="stop starting new trials after this many seconds (both phases)")
     ap.add_argument("--grace-period", type=positive_int, default=None,
-                    help="ASHA: epochs every trial gets before it can be stopped (default 1)")
+                    help=f"ASHA: epochs every trial gets before it can be stopped (default {GRACE_PERIOD})")
     ap.add_argument("--reduction-factor", type=float, default=3.0,
                     help="ASHA: keep 1/this of the trials at each rung (default 3)")
     ap.add_argument("--sampler", choices=SAMPLERS, default="tpe",
@@ -106,10 +109,6 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.reduction_factor <= 1:
         ap.error(f"argument --reduction-factor: must be > 1, got {args.reduction_factor}")
-    if args.grace_period is None:
-        args.grace_period = 1
-    if args.grace_period > args.max_epochs:
-        ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
     # a URL with a secret would be printed, logged by Ray and stored with the experiment
     for flag in ("storage", "mlflow", "optuna_storage", "warm_start"):
         try:
@@ -120,6 +119,14 @@ def parse_args(argv=None):
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", args.name):
         ap.error(f"argument --name: {args.name!r} is not a plain name (letters, digits, '.', "
                  f"'_', '-'; not starting with '.')")
+    if args.resume:  # the experiment's own settings hold; a flag given must agree with them
+        return args
+    args.samples = 50 if args.samples is None else args.samples
+    args.max_epochs = 6 if args.max_epochs is None else args.max_epochs
+    if args.grace_period is None:
+        args.grace_period = GRACE_PERIOD
+    if args.grace_period > args.max_epochs:
+        ap.error(f"argument --grace-period: {args.grace_period} exceeds --max-epochs {args.max_epochs}")
     return args
 
 
@@ -132,6 +139,39 @@ def warm_start(flag: str, storage, space: dict, opts: dict) -> list[dict]:
     if not source.is_experiment(name):
         raise UsageError(f"--warm-start {flag}: no experiment {name!r} in {source.text}")
     return warm_trials(source, name, space, opts)
+
+
+def check_resume_flags(args, opts: dict) -> None:
+    """--resume takes the experiment's own settings: a --max-epochs or --space given with it
+    must be the experiment's (a resumed or extended trial must compare with the others)."""
+    if args.max_epochs is not None and args.max_epochs != opts["max_epochs"]:
+        raise UsageError(f"--resume: --max-epochs {args.max_epochs} differs from the "
+                         f"experiment's {opts['max_epochs']}")
+    if args.space:
+        from tuning import space as space_mod
+
+        mine = json.loads(json.dumps(space_mod.load_space(args.space)))
+        theirs = json.loads(json.dumps(space_mod.stored_space(opts.get("space"))))
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            raise UsageError(f"--resume: --space {args.space} differs from the experiment's "
+                             f"space in {', '.join(differ)}")
+
+
+def extended(opts: dict, samples: int) -> dict:
+    """The options of an experiment extended to `samples` search trials (--resume --samples)."""
+    from tuning.intensify import stage_trials
+
+    if samples < opts["samples"]:
+        raise UsageError(f"--samples {samples}: the experiment already has {opts['samples']} "
+                         f"search trials; extend it with more, or resume it without --samples")
+    if stage_trials(opts):
+        raise UsageError(f"--samples {samples}: extending a search that ran an intensification "
+                         f"stage is not supported; warm-start a new one from it (--warm-start)")
+    if not opts.get("extendable"):
+        raise UsageError(f"--samples {samples}: this experiment was started before searches "
+                         f"could be extended; warm-start a new one from it (--warm-start)")
+    return {**opts, "samples": samples}
 
 
 def experiment_lock(lock_file: Path, name: str):
@@ -185,6 +225,12 @@ def main(argv=None) -> int:
             if opts is None:
                 raise DataError(f"--resume: {report_dir / OPTIONS_FILE} is missing, and "
                                 f"{storage.uri(name, OPTIONS_FILE)} too")
+            check_resume_flags(args, opts)
+            if args.samples is not None and args.samples != opts["samples"]:
+                opts = extended(opts, args.samples)
+                storage.write_json(opts, name, OPTIONS_FILE)
+                write_text(report_dir / OPTIONS_FILE,
+                           json.dumps(opts, indent=2, sort_keys=True) + "\n")
         else:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
@@ -197,6 +243,7 @@ def main(argv=None) -> int:
             opts["warm_start"] = args.warm_start and warm_start(args.warm_start, storage, space, opts)
             opts["mlflow"] = tracking_uri(args.mlflow, p)
             opts["name"] = name
+            opts["extendable"] = True  # its searcher can take more samples (trainable.Extendable)
             opts["search_id"] = uuid.uuid4().hex  # tells its MLflow runs from a namesake's
             opts["points"] = points
 
@@ -228,6 +275,9 @@ def main(argv=None) -> int:
               f"{opts['cpus_per_trial']} CPU(s) each", file=sys.stderr)
         trainable = make_trainable(splits, opts["cpus_per_trial"], opts["gpus_per_trial"])
         if args.resume:
+            from tuning.trainable import Extendable
+
+            Extendable.total = opts["samples"] + stage_trials(opts)  # more, if extended
             print(f"resuming {name}: finished and errored trials are kept, unfinished ones "
                   f"continue from their last checkpoint", file=sys.stderr)
             # Errored trials stay errored: each already failed 1 + max_failures times, and the

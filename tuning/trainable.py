@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.search import SearchGenerator
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TrainConfig, from_trial_params
@@ -77,6 +78,19 @@ def _diverging_loss():
                              lambda self, x, y: forward(self, x, y) * float("nan"))
 
 
+class Extendable(SearchGenerator):
+    """Tune's SearchGenerator, whose number of trials a resume can raise (`--resume --samples`):
+    Tune restores it with the total it was first given and never adds trials to a restored
+    experiment (ray #18847). The driver sets `Extendable.total` before `fit`."""
+
+    total: int | None = None
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if Extendable.total is not None and Extendable.total > self._total_samples:
+            self._total_samples, self._finished = Extendable.total, False
+
+
 def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
@@ -132,7 +146,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["concurrency"]),
+            search_alg=Extendable(ConcurrencyLimiter(searcher, max_concurrent=opts["concurrency"])),
             scheduler=scheduler,
             num_samples=opts["samples"] + stage_trials(opts),
             time_budget_s=opts["time_budget_s"],
