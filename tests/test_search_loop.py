@@ -3,6 +3,7 @@ each trial, replayed as Tune calls them and checked on real searches against tri
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pandas as pd
@@ -316,3 +317,52 @@ def test_a_warm_started_search_learns_from_another_experiments_trials_first(tiny
     table = pd.read_csv(root / "artifacts/search/w/trials.csv")
     assert len(new) == 2 and [t.user_attrs["trial_id"] for t in new] == table["trial_id"].tolist()
     assert all("warm_start" not in t.user_attrs for t in new)
+
+
+@slow
+def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepared_root, tmp_path,
+                                                                            monkeypatch):
+    """4 trials, then --resume --samples 6: 2 new trials from the same searcher (the study
+    holds all 6), the first 4 untouched; a kill -9 during the extension, then --resume."""
+    import signal
+
+    from tests.test_search import SNAPSHOT_S, _start_search, _stderr, _wait_for
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    exp = root / "ray_results" / "ext"
+    proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "2", "--reduction-factor",
+                   "2", "--name", "ext", *SEARCH_SMALL, "--subset", "800", "--optuna-storage",
+                   storage, root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {d.name: (d / "progress.csv").read_bytes() for d in exp.glob("trial_*")}
+    earlier = study_by_trial(storage, "ext")
+    for args, needle in ((["--samples", "3"], "already has 4"),
+                         (["--samples", "6", "--max-epochs", "3"], "--max-epochs 3 differs")):
+        refused = run_cli("tuning.search", "--name", "ext", "--resume", "--no-dashboard", *args,
+                          root=root)
+        assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
+
+    driver = _start_search(root, ["--name", "ext", "--resume", "--samples", "6",
+                                  "--no-dashboard"])
+    assert _wait_for(lambda: len(list(exp.glob("trial_*"))) > 4), _stderr(driver)[-2000:]
+    time.sleep(2 * SNAPSHOT_S + 1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    _stderr(driver)
+    proc = run_cli("tuning.search", "--name", "ext", "--resume", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(root / "artifacts/search/ext/trials.csv")
+    assert len(table) == 6 and table["trial_id"].is_unique
+    assert table["status"].isin(["completed", "asha_stopped"]).all()
+    assert "unfinished" not in set(table["status"])
+    # the 4 earlier trials were neither rerun nor changed
+    assert {d.name: (d / "progress.csv").read_bytes() for d in exp.glob("trial_*")
+            if d.name in before} == before
+    study = study_by_trial(storage, "ext")
+    assert_study_matches_trials_csv(study, table)
+    for trial_id, trial in earlier.items():
+        assert study[trial_id].state == trial.state and study[trial_id].value == trial.value
+    opts = json.loads((exp / "search_options.json").read_text())
+    assert opts["samples"] == 6
