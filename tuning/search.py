@@ -150,9 +150,8 @@ def check_resume_flags(args, opts: dict) -> None:
     if args.space:
         from tuning import space as space_mod
 
-        mine = json.loads(json.dumps(space_mod.load_space(args.space)))
-        theirs = json.loads(json.dumps(space_mod.stored_space(opts.get("space"))))
-        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        differ = space_mod.differing_keys(space_mod.load_space(args.space),
+                                          space_mod.stored_space(opts.get("space")))
         if differ:
             raise UsageError(f"--resume: --space {args.space} differs from the experiment's "
                              f"space in {', '.join(differ)}")

@@ -130,20 +130,18 @@ def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
     (--warm-start): each ended trial's params, state (as `EpochOptunaSearch` told it), value and
     per-epoch val_f1. A UsageError, naming what differs, unless the experiment searched the same
     space with the same max epochs and training rows (its figures would not compare)."""
-    import json
     from pathlib import Path
 
     from plumbing.errors import UsageError
     from tuning.intensify import SEARCH
     from tuning.results import load_experiment, search_options, trials_frame
-    from tuning.space import stored_space
+    from tuning.space import differing_keys, stored_space
 
     source = storage.uri(name)
     theirs = search_options(Path(storage.path(name)), storage, name)
     if theirs is None:
         raise UsageError(f"--warm-start {source}: no search_options.json beside the experiment")
-    mine, other = (json.loads(json.dumps(s)) for s in (space, stored_space(theirs.get("space"))))
-    differ = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+    differ = differing_keys(space, stored_space(theirs.get("space")))
     if differ:
         raise UsageError(f"--warm-start {source}: its search space differs in {', '.join(differ)}")
     for key, flag in (("max_epochs", "--max-epochs"), ("subset", "--subset")):

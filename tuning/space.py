@@ -110,6 +110,14 @@ def stored_space(stored) -> dict:
     return load_space(stored)
 
 
+def differing_keys(space: dict, other: dict) -> list[str]:
+    """The keys whose range (or fixed value) differs between two spaces, as stored in JSON."""
+    import json
+
+    a, b = (json.loads(json.dumps(s)) for s in (space, other))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def to_tune(space: dict) -> dict:
     out = {}
     for key, spec in space.items():
