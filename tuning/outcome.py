@@ -38,6 +38,8 @@ def trial_status(ray_status: str, last: Mapping | None, max_epochs: int) -> str:
     own = last.get("status")
     if own in FINISHED:
         return own  # ran to max epochs / stopped by its own patience / its loss became NaN
+    if last.get("epoch") is None:  # (Tune's own end-of-trial result carries no epoch)
+        return "no_result"
     if int(last["epoch"]) >= max_epochs:
         return "completed"
     return "asha_stopped" if _true(last.get("done")) else "budget_stopped"

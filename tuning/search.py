@@ -167,6 +167,9 @@ def extended(opts: dict, samples: int) -> dict:
     if stage_trials(opts):
         raise UsageError(f"--samples {samples}: extending a search that ran an intensification "
                          f"stage is not supported; warm-start a new one from it (--warm-start)")
+    if opts.get("time_budget_s"):
+        raise UsageError(f"--samples {samples}: this search ran under --time-budget-s, which "
+                         f"Tune restores spent; warm-start a new one from it (--warm-start)")
     if not opts.get("extendable"):
         raise UsageError(f"--samples {samples}: this experiment was started before searches "
                          f"could be extended; warm-start a new one from it (--warm-start)")
@@ -310,7 +313,8 @@ def main(argv=None) -> int:
         if opts["optuna_storage"]:
             from tuning.searcher import settle_study
 
-            settle_study(opts["optuna_storage"], name, table[table["phase"] == SEARCH])
+            settle_study(opts["optuna_storage"], name, table[table["phase"] == SEARCH],
+                         opts.get("search_id"))
         if opts.get("mlflow"):
             from tuning.tracking import drop_orphan_runs, end_runs
 

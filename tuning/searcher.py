@@ -21,13 +21,17 @@ a trial that a stored study already holds finished: it is not told twice. Each O
 """
 from __future__ import annotations
 
+import logging
+
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from tuning.outcome import METRIC, trial_status
 
+logger = logging.getLogger(__name__)
 TRIAL_ID_ATTR = "trial_id"
+SEARCH_ID_ATTR = "search_id"
 WARM_ATTR = "warm_start"  # on a trial learnt from another experiment: that experiment
 STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
           "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
@@ -38,11 +42,14 @@ class EpochOptunaSearch(OptunaSearch):
     """OptunaSearch (single objective, a dict space) with per-epoch intermediate values and a
     trial's outcome told as its state (see the module's docstring)."""
 
-    def __init__(self, *args, max_epochs: int, warm: list[dict] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, max_epochs: int, warm: list[dict] | None = None,
+                 search_id: str | None = None, **kwargs):
+        # (set before OptunaSearch's __init__, which sets the study up when given a space)
         self.max_epochs = max_epochs
         self.warm = warm or []  # another experiment's trials to learn from first (--warm-start)
+        self.search_id = search_id  # on each trial: a study shared by namesakes tells them apart
         self.values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: val_f1} reported
+        super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode) -> None:
         """The study, then the warm-start trials in it, as they ended there (before any
@@ -60,6 +67,8 @@ class EpochOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+        if getattr(self, "search_id", None):  # (a searcher pickled before search ids: none)
+            self._ot_trials[trial_id].set_user_attr(SEARCH_ID_ATTR, self.search_id)
         return params
 
     def _report(self, trial_id: str, result: dict) -> None:
@@ -95,11 +104,16 @@ class EpochOptunaSearch(OptunaSearch):
         if state == TrialState.COMPLETE and not values:
             state = TrialState.FAIL  # finished with no figure to tell: nothing to learn from
         value = max(values.values()) if state == TrialState.COMPLETE else None
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state,
+                                skip_if_finished=True)
+        except Exception as exc:  # noqa: BLE001 - as Ray's OptunaSearch: a study's refusal
+            logger.warning("Optuna refused trial %s as %s: %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
 
 
-def settle_study(storage_url: str, study_name: str, trials) -> dict[str, int]:
+def settle_study(storage_url: str, study_name: str, trials,
+                 search_id: str | None = None) -> dict[str, int]:
     """After a search, end the trials of a stored study (--optuna-storage) that nothing else
     will end, by trials.csv (`trials`, the search's rows):
       budget_stopped: PRUNED, as an ASHA cut (Tune tells the searcher nothing of them);
@@ -115,6 +129,8 @@ def settle_study(storage_url: str, study_name: str, trials) -> dict[str, int]:
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     told = {"budget_stopped": 0, "unknown": 0}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if search_id and t.user_attrs.get(SEARCH_ID_ATTR) != search_id:
+            continue  # another search's of the same name in the same database
         trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
         if trial_id in stopped:
             study.tell(t.number, state=TrialState.PRUNED)

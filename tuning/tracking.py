@@ -72,6 +72,8 @@ class TrialRuns(MLflowLoggerCallback):
     it, so it adds no duplicate runs (an epoch Tune replays is logged again at its own step, with
     the same value)."""
 
+    search_id: str | None = None  # (a callback unpickled from before search ids has none)
+
     def __init__(self, uri: str, experiment: str, max_epochs: int, search_id: str | None = None):
         # every run carries the search's id: an MLflow experiment of the same name can hold
         # another search's runs (a reused --name), and evaluate_best's run names a trial too

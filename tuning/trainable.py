@@ -117,7 +117,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
               else space_mod.known_good_points(space))
     tried = [w["params"] for w in warm]  # a point the warm start already measured is not rerun
     searcher = EpochOptunaSearch(
-        max_epochs=opts["max_epochs"], warm=warm,
+        max_epochs=opts["max_epochs"], warm=warm, search_id=opts.get("search_id"),
         points_to_evaluate=[p for p in points if p not in tried] or None,
         # (an experiment from before --sampler used TPE)
         sampler=(optuna.samplers.RandomSampler(seed=opts["seed"])
