@@ -366,3 +366,21 @@ def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepa
         assert study[trial_id].state == trial.state and study[trial_id].value == trial.value
     opts = json.loads((exp / "search_options.json").read_text())
     assert opts["samples"] == 6
+
+
+def test_asha_rungs_are_refilled_from_the_restored_searcher_after_a_resume():
+    """Tune does not save the scheduler: without the refill, the rungs of a resumed search are
+    empty and a new trial far below the earlier ones passes the first rung."""
+    from tuning.intensify import StagedASHA
+
+    class Restored:  # the searcher as restored with the experiment: earlier trials' values
+        values = {"a": {1: 0.90, 2: 0.91}, "b": {1: 0.80}, "c": {1: 0.85}}
+
+    class Trial:
+        trial_id, config = "new", {"hidden_size": 64}
+
+    for searcher, expected in ((Restored(), "STOP"), (None, "CONTINUE")):
+        asha = StagedASHA(time_attr="epoch", metric="val_f1", mode="max", max_t=6,
+                          grace_period=1, reduction_factor=3, searcher=searcher)
+        asha.on_trial_add(None, Trial())
+        assert asha.on_trial_result(None, Trial(), {"epoch": 1, "val_f1": 0.5}) == expected

@@ -136,9 +136,31 @@ def search_leaders(trials: pd.DataFrame, top: int) -> list[str]:
 
 
 class StagedASHA(ASHAScheduler):
-    """ASHA for the search trials; the replicate trials run every epoch."""
+    """ASHA for the search trials; the replicate trials run every epoch.
+
+    Tune does not save a scheduler with the experiment: a resumed search gets the one built
+    when the search started, with empty rungs, which cut no trial until they fill again. So
+    the rungs are refilled, at the first result, from the per-epoch values of `searcher`
+    (tuning.searcher.EpochOptunaSearch, restored with the experiment; the same object, since
+    Tune pickles searcher and scheduler together)."""
+
+    def __init__(self, *args, searcher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.searcher = searcher
+        self._refilled = False
+
+    def _refill(self) -> None:
+        self._refilled = True
+        values = getattr(self.searcher, "values", None) or {}
+        for bracket in self._brackets:
+            for milestone, recorded in bracket._rungs:  # (ASHA's own bookkeeping)
+                for trial_id, curve in values.items():
+                    if milestone in curve:  # (what ASHA recorded: the value at that epoch)
+                        recorded.setdefault(trial_id, self._metric_op * curve[milestone])
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not self._refilled:
+            self._refill()
         if phase(trial.config) == INTENSIFY:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)

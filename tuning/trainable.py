@@ -125,6 +125,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         study_name=opts["name"],
         storage=optuna.storages.RDBStorage(opts["optuna_storage"]) if opts["optuna_storage"] else None,
     )
+    optuna_search = searcher
     if stage_trials(opts):
         searcher = Intensify(searcher, opts["samples"], opts["intensify_top"],
                              opts["intensify_seeds"])
@@ -140,7 +141,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
                                    opts.get("search_id")))
     scheduler = StagedASHA(time_attr="epoch", max_t=opts["max_epochs"],
                            grace_period=opts["grace_period"],
-                           reduction_factor=opts["reduction_factor"])
+                           reduction_factor=opts["reduction_factor"], searcher=optuna_search)
     return tune.Tuner(
         trainable,
         param_space=param_space,
