@@ -374,7 +374,8 @@ def test_asha_rungs_are_refilled_from_the_restored_searcher_after_a_resume():
     from tuning.intensify import StagedASHA
 
     class Restored:  # the searcher as restored with the experiment: earlier trials' values
-        values = {"a": {1: 0.90, 2: 0.91}, "b": {1: 0.80}, "c": {1: 0.85}}
+        def __init__(self):
+            self.values = {"a": {1: 0.90, 2: 0.91}, "b": {1: 0.80}, "c": {1: 0.85}}
 
     class Trial:
         trial_id, config = "new", {"hidden_size": 64}
