@@ -152,7 +152,7 @@ def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
     proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
                    "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL,
                    "--intensify-top", "2", "--intensify-seeds", "1",
-                   "--optuna-storage", f"sqlite:///{root / 'optuna.db'}", root=root)
+                   "--optuna-storage", "sqlite:///optuna.db", root=root)  # (root/optuna.db)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "search.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
     import shutil

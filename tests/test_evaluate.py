@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,11 +121,12 @@ def _copy(root, dest):
     return dest
 
 
-def _assert_refused(proc, needle, best_before: dict):
+def _assert_refused(proc, needle, best: Path, best_before: dict) -> None:
+    """Refused with one line naming `needle`, and artifacts/best/ (`best`) as it was."""
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert needle in proc.stderr.strip().splitlines()[-1]
-    return best_before
+    assert _snapshot(best) == best_before
 
 
 def _snapshot(folder):
@@ -160,14 +162,14 @@ def test_corrupt_or_missing_checkpoint_and_vocab_mismatch_are_refused(evaluated,
     original_vocab = vocab.read_bytes()
     vocab.write_bytes(original_vocab.replace(b'"size"', b'"size" ', 1))
     proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/tiny", root=work)
-    _assert_refused(proc, "another vocab", before)
+    _assert_refused(proc, "another vocab", work / "artifacts/best", before)
     vocab.write_bytes(original_vocab)
 
     for ckpt in best_ckpt:
         data = (ckpt / "state.pt").read_bytes()
         (ckpt / "state.pt").write_bytes(data[: len(data) // 3])
     proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/tiny", root=work)
-    _assert_refused(proc, "not a loadable checkpoint", before)
+    _assert_refused(proc, "not a loadable checkpoint", work / "artifacts/best", before)
 
     for ckpt in best_ckpt:
         shutil.rmtree(ckpt)
