@@ -94,6 +94,25 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
     proc.wait(timeout=10)
 
 
+_BACKGROUND: list[subprocess.Popen] = []
+
+
+def start_background(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """A process a test runs in the background, in a process group of its own: whatever the
+    test's outcome, `_reap_background` ends the group (the process and what it started, such
+    as a search's local Ray) when the test is over."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    _BACKGROUND.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _reap_background():
+    yield
+    while _BACKGROUND:
+        stop_group(_BACKGROUND.pop())
+
+
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> Path:
     """An empty project root for this test (EMOTION_ROOT), with no data source configured."""

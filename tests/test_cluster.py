@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root, stop_group
+from tests.conftest import SEARCH_SMALL, run_cli, search_root, start_background, stop_group
 from tests.test_search import _start_search, _stderr, _wait_for, assert_epochs, trials_csv
 
 slow = pytest.mark.slow
@@ -159,12 +159,12 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
     assert (home / ".ray" / "auth_token").is_file()
     # --block: the head's processes stay in this process group, which the test ends itself
     # (`ray stop` would stop every Ray of this user on the machine)
-    head = subprocess.Popen(
+    head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - read on failure
+    head = start_background(
         [ray_cli, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
          str(dashboard), "--temp-dir", str(tmp_path / "ray")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=head_log, text=True)
     try:
         up = None
         for _ in range(120):
@@ -172,7 +172,7 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
             if up.returncode == 0 or head.poll() is not None:
                 break
             time.sleep(1)
-        assert up.returncode == 0, (up.stderr + (head.stderr.read() if head.poll() else ""))[-3000:]
+        assert up.returncode == 0, (up.stderr + (tmp_path / "head.log").read_text())[-3000:]
         runtime_env = json.dumps({"env_vars": {"EMOTION_ROOT": str(root), "PYTHONUNBUFFERED": "1"}})
         job_id = f"search-{os.getpid()}"
         job = ray("job", "submit", "--address", f"http://127.0.0.1:{dashboard}",

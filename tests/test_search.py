@@ -21,6 +21,7 @@ from tests.conftest import (
     read_live_csv,
     run_cli,
     search_root,
+    start_background,
     study_by_trial,
 )
 from tuning import space as space_mod
@@ -351,7 +352,7 @@ def _start_search(root, args):
     env = {**os.environ, "EMOTION_ROOT": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("EMOTION_DATA_DIR", None)
     log = open(root / f"search-{time.time_ns()}.log", "w+")  # noqa: SIM115 - closed by _stderr
-    proc = subprocess.Popen([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
+    proc = start_background([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=log, text=True)
     proc.log = log
     return proc

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root
+from tests.conftest import SEARCH_SMALL, run_cli, search_root, start_background, stop_group
 from tests.test_search import (
     SNAPSHOT_S,
     _finished_progress,
@@ -133,13 +133,13 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(
+    server = start_background(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
          "models:/emotion-lstm/1", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         # (the server runs uvicorn from the venv's bin, as in an activated venv)
         env={**os.environ, "MLFLOW_TRACKING_URI": uri,
              "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.DEVNULL)
     try:
         def up():
             try:
@@ -157,8 +157,7 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
         assert answer[0]["joy"] == pytest.approx(expected[texts[0]]["probabilities"]["joy"],
                                                  abs=1e-6)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
-        server.wait(timeout=30)
+        stop_group(server)  # the server and the workers it started
 
 
 @slow
@@ -169,7 +168,7 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen(
+    server = start_background(
         [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
@@ -190,11 +189,7 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
         assert (trials_csv(root, "served")["phase"] == "intensify").sum() == 1
         _assert_runs_match_the_trials(uri, root, "served")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_group(server)  # the server and its workers
 
 
 def test_model_train_reads_yaml_configs_with_the_same_one_line_errors(prepared_root, tmp_path):
