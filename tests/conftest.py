@@ -94,6 +94,15 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
     proc.wait(timeout=10)
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 _BACKGROUND: list[subprocess.Popen] = []
 
 

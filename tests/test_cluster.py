@@ -13,8 +13,15 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root, start_background, stop_group
-from tests.test_search import _start_search, _stderr, _wait_for, assert_epochs, trials_csv
+from tests.conftest import (
+    SEARCH_SMALL,
+    free_port,
+    run_cli,
+    search_root,
+    start_background,
+    stop_group,
+)
+from tests.helpers import assert_epochs, start_search, stderr_of, trials_csv, wait_for
 
 slow = pytest.mark.slow
 BUCKET = "exps"
@@ -84,14 +91,14 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
         args = ["--samples", "4", "--max-epochs", "3", "--grace-period", "3", "--name", "bucket",
                 "--address", cluster.address, "--storage", uri, *SEARCH_SMALL, "--subset", "4000",
                 "--intensify-top", "2", "--intensify-seeds", "1"]
-        proc = _start_search(root, args)
+        proc = start_search(root, args)
         exp = f"{BUCKET}/runs/bucket"
         # killed once the bucket holds the experiment's state and some trial's first checkpoint
-        assert _wait_for(lambda: any("experiment_state" in k for k in _keys(fs, exp)) and any(
-            "/checkpoint_" in k for k in _keys(fs, exp)), timeout=300), _stderr(proc)
+        assert wait_for(lambda: any("experiment_state" in k for k in _keys(fs, exp)) and any(
+            "/checkpoint_" in k for k in _keys(fs, exp)), timeout=300), stderr_of(proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        _stderr(proc)
+        stderr_of(proc)
         resumed = run_cli("tuning.search", "--name", "bucket", "--resume", "--storage", uri,
                           "--address", cluster.address, root=root)
     finally:
@@ -133,15 +140,8 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
 def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root, tmp_path):
     """`ray start --head` on loopback with token auth (RAY_AUTH_MODE=token), then `ray job submit` of a
     small search with --address auto: the job succeeded and its log holds the best-trial line."""
-    import socket
-
     root = search_root(prepared_root, tmp_path, with_test=False)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    gcs, dashboard = ports
+    gcs, dashboard = free_port(), free_port()
     # a home of its own (the token goes to ~/.ray/auth_token) and a Ray temp dir of its own:
     # the user's Ray, token and sessions are left alone
     home = tmp_path / "home"

@@ -17,8 +17,8 @@ from plumbing.cli import run_main
 from plumbing.errors import DataError
 from plumbing.paths import paths
 from tests.conftest import SEARCH_SMALL, read_live_csv, run_cli, search_root
+from tests.helpers import start_search, stderr_of, trials_csv, wait_for
 from tests.test_dataprep import ROWS, outputs_digest, write_txt
-from tests.test_search import _start_search, _stderr, _wait_for, trials_csv
 
 slow = pytest.mark.slow
 
@@ -36,9 +36,9 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "stopme"
     # 4,000 rows: trials long enough that the signal lands while most are still to run
-    driver = _start_search(root, ["--samples", "6", "--max-epochs", "3", "--name", "stopme",
+    driver = start_search(root, ["--samples", "6", "--max-epochs", "3", "--name", "stopme",
                                   *SEARCH_SMALL, "--subset", "4000"])
-    assert _wait_for(lambda: _progress_rows(exp) >= 1), "the search never reported"
+    assert wait_for(lambda: _progress_rows(exp) >= 1), "the search never reported"
     if sig == signal.SIGTERM:  # while it runs, a second search of the same name is refused
         second = run_cli("tuning.search", "--samples", "1", "--name", "stopme", *SEARCH_SMALL,
                          root=root)
@@ -47,7 +47,7 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
     driver.send_signal(sig)
     driver.wait(timeout=180)
     stopped_after = time.time() - sent  # within a minute (a hang would take the whole timeout)
-    err = _stderr(driver)
+    err = stderr_of(driver)
     assert driver.returncode == 130, err[-3000:]
     assert stopped_after < 60
     assert "Traceback" not in err
@@ -66,16 +66,16 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
 def test_a_killed_trial_worker_resumes_from_its_last_checkpoint(prepared_root, tmp_path):
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "worker"
-    driver = _start_search(root, ["--samples", "1", "--max-epochs", "4", "--name", "worker",
+    driver = start_search(root, ["--samples", "1", "--max-epochs", "4", "--name", "worker",
                                   "--subset", "4000", "--no-dashboard"])
-    assert _wait_for(lambda: _progress_rows(exp) >= 1), "no epoch reported"
+    assert wait_for(lambda: _progress_rows(exp) >= 1), "no epoch reported"
     # kill -9 the process running this search's trial, mid-epoch 2: the pid its own report
     # names (never a process found by name on the host: it could be anyone's)
     [progress] = exp.glob("trial_*/progress.csv")
     pid = int(read_live_csv(progress)["pid"].iloc[-1])
     os.kill(pid, signal.SIGKILL)
     driver.wait(timeout=600)
-    assert driver.returncode == 0, _stderr(driver)[-3000:]
+    assert driver.returncode == 0, stderr_of(driver)[-3000:]
     table = trials_csv(root, "worker")
     assert table["status"].tolist() == ["completed"] and table["epochs_run"].tolist() == [4]
     trial_dir = next(exp.glob("trial_*"))

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -18,19 +16,24 @@ from plumbing.errors import UsageError
 from tests.conftest import (
     SEARCH_SMALL,
     assert_study_matches_trials_csv,
+    free_port,
     read_live_csv,
     run_cli,
     search_root,
-    start_background,
     study_by_trial,
+)
+from tests.helpers import (
+    SNAPSHOT_S,
+    assert_epochs,
+    finished_progress,
+    start_search,
+    stderr_of,
+    trials_csv,
+    wait_for,
 )
 from tuning import space as space_mod
 
 slow = pytest.mark.slow
-
-
-def trials_csv(root, name) -> pd.DataFrame:
-    return pd.read_csv(root / "artifacts" / "search" / name / "trials.csv")
 
 
 # ---- the search space and flags (no Ray) ------------------------------------------------------
@@ -290,13 +293,9 @@ def test_a_diverged_trial_ends_once_with_its_own_status_and_the_search_goes_on(p
 def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_path):
     """Pinned to one CPU (taskset), the search runs one trial at once whatever the machine has,
     and it tells how to get past the dashboard's token prompt."""
-    import socket
-
     assert (os.cpu_count() or 1) > 1, "precondition: a machine of several CPUs"
     root = search_root(prepared_root, tmp_path, with_test=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = run_cli("tuning.search", "--samples", "1", "--max-epochs", "1", "--name", "pinned",
                    "--subset", "300", "--dashboard-port", str(port), "--intensify-top", "0",
                    root=root,
@@ -336,49 +335,6 @@ def test_the_winner_retrains_from_its_best_config_and_its_params_to_the_same_num
         assert load_checkpoint(root / summary["checkpoint"])["config"]["seed"] == best["seed"]
 
 
-def _finished_progress(exp, max_epochs):
-    done = {}
-    for d in exp.glob("trial_*"):
-        f = d / "progress.csv"
-        rows = read_live_csv(f)
-        if len(rows) and rows["epoch"].iloc[-1] == max_epochs:
-            done[d.name] = f.read_bytes()
-    return done
-
-
-def _start_search(root, args):
-    """The search as a background process; its stderr goes to a file (a pipe nobody reads
-    would fill up and stall it). Returns the process; `_stderr(proc)` reads what it wrote."""
-    env = {**os.environ, "EMOTION_ROOT": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("EMOTION_DATA_DIR", None)
-    log = open(root / f"search-{time.time_ns()}.log", "w+")  # noqa: SIM115 - closed by _stderr
-    proc = start_background([sys.executable, "-m", "tuning.search", *args], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log, text=True)
-    proc.log = log
-    return proc
-
-
-def _stderr(proc) -> str:
-    proc.log.seek(0)
-    text = proc.log.read()
-    proc.log.close()
-    return text
-
-
-def _wait_for(predicate, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
-
-
-# Tune saves the experiment state every 10 s or more by default; the kill tests have it saved
-# every second (a user's knob too: README, "Failure modes"), so they need not wait long
-SNAPSHOT_S = 1
-
-
 def _replicate_epochs(exp) -> dict[str, int]:
     """The intensification trials' folders so far, and the epochs each has reported."""
     found = {}
@@ -401,17 +357,17 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "killed"
     # 4,000 rows: trials long enough that the first kill comes before all have started
-    driver = _start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
+    driver = start_search(root, ["--samples", "5", "--max-epochs", "3", "--grace-period", "3",
                                   "--name", "killed", *SEARCH_SMALL, "--subset", "4000",
                                   "--intensify-top", "2", "--intensify-seeds", "1",
                                   "--optuna-storage", f"sqlite:///{root / 'optuna.db'}"])
-    kill_when = [lambda: len(_finished_progress(exp, 3)) >= 1,        # a search trial finished
+    kill_when = [lambda: len(finished_progress(exp, 3)) >= 1,        # a search trial finished
                  lambda: any(n >= 1 for n in _replicate_epochs(exp).values())]  # a replicate ran
     for round_, ready in enumerate(kill_when):
-        assert _wait_for(ready), f"round {round_}: not reached; {_stderr(driver)[-2000:]}"
+        assert wait_for(ready), f"round {round_}: not reached; {stderr_of(driver)[-2000:]}"
         # what finished before the last save of the experiment state is never run again; a
         # trial that reported after it redoes those epochs
-        finished_before = _finished_progress(exp, 3)
+        finished_before = finished_progress(exp, 3)
         time.sleep(2 * SNAPSHOT_S + 1)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -419,9 +375,9 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
             started_at_first_kill = len(list(exp.glob("trial_*")))
         else:
             replicates_at_second_kill = _replicate_epochs(exp)
-        driver = _start_search(root, ["--name", "killed", "--resume", "--no-dashboard"])
+        driver = start_search(root, ["--name", "killed", "--resume", "--no-dashboard"])
     driver.wait(timeout=600)
-    assert driver.returncode == 0, _stderr(driver)[-3000:]
+    assert driver.returncode == 0, stderr_of(driver)[-3000:]
 
     table = trials_csv(root, "killed")
     assert len(table) == 7 and table["trial_id"].is_unique  # none lost, none doubled
@@ -432,7 +388,7 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     assert (table["epochs_run"] == 3).all()  # grace 3 = max epochs: ASHA stops none here
     search, again = _phases_on_the_leaders(table, top=2)
     assert len(search) == 5 and len(again) == 2 and again["config"].is_unique
-    after = _finished_progress(exp, 3)
+    after = finished_progress(exp, 3)
     for name, data in finished_before.items():
         assert after[name] == data, f"{name} finished before a kill and was run again"
     for trial_id in table["trial_id"]:  # (a trial started after the last saved state of a
@@ -442,16 +398,6 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     # before the kill
     assert_study_matches_trials_csv(study_by_trial(f"sqlite:///{root / 'optuna.db'}", "killed"),
                                     table)
-
-
-def assert_epochs(progress: pd.DataFrame, epochs: int, trial_id: str) -> None:
-    """Epochs 1..n, each once, except an epoch that a resume after kill -9 ran again (reported
-    after the last saved experiment state): it repeats with the very same numbers."""
-    assert progress.drop_duplicates("epoch")["epoch"].tolist() == list(range(1, epochs + 1)), \
-        trial_id
-    replayed = progress[progress["epoch"].duplicated(keep=False)]
-    assert (replayed.groupby("epoch")[["val_f1", "val_loss", "train_loss"]].nunique() == 1)\
-        .all().all(), trial_id
 
 
 @slow

@@ -326,7 +326,7 @@ def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepa
     holds all 6), the first 4 untouched; a kill -9 during the extension, then --resume."""
     import signal
 
-    from tests.test_search import SNAPSHOT_S, _start_search, _stderr, _wait_for
+    from tests.helpers import SNAPSHOT_S, start_search, stderr_of, wait_for
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     root = search_root(prepared_root, tmp_path, with_test=False)
@@ -344,13 +344,13 @@ def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepa
                           root=root)
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
 
-    driver = _start_search(root, ["--name", "ext", "--resume", "--samples", "6",
+    driver = start_search(root, ["--name", "ext", "--resume", "--samples", "6",
                                   "--no-dashboard"])
-    assert _wait_for(lambda: len(list(exp.glob("trial_*"))) > 4), _stderr(driver)[-2000:]
+    assert wait_for(lambda: len(list(exp.glob("trial_*"))) > 4), stderr_of(driver)[-2000:]
     time.sleep(2 * SNAPSHOT_S + 1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    _stderr(driver)
+    stderr_of(driver)
     proc = run_cli("tuning.search", "--name", "ext", "--resume", "--no-dashboard", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(root / "artifacts/search/ext/trials.csv")

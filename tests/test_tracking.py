@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,14 +14,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SEARCH_SMALL, run_cli, search_root, start_background, stop_group
-from tests.test_search import (
+from tests.conftest import (
+    SEARCH_SMALL,
+    free_port,
+    run_cli,
+    search_root,
+    start_background,
+    stop_group,
+)
+from tests.helpers import (
     SNAPSHOT_S,
-    _finished_progress,
-    _start_search,
-    _stderr,
-    _wait_for,
+    finished_progress,
+    start_search,
+    stderr_of,
     trials_csv,
+    wait_for,
 )
 from tuning.results import CONFIG_COLUMNS
 
@@ -68,13 +74,13 @@ def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evalua
     root = search_root(prepared_root, tmp_path, with_test=False)
     uri = f"sqlite:///{root / 'artifacts' / 'mlflow.db'}"
     exp = root / "ray_results" / "tracked"
-    driver = _start_search(root, ["--samples", "4", "--max-epochs", "3", "--grace-period", "3",
+    driver = start_search(root, ["--samples", "4", "--max-epochs", "3", "--grace-period", "3",
                                   "--name", "tracked", "--mlflow", *SEARCH_SMALL, "--subset",
                                   "4000"])
-    assert _wait_for(lambda: len(_finished_progress(exp, 3)) >= 1), _stderr(driver)
+    assert wait_for(lambda: len(finished_progress(exp, 3)) >= 1), stderr_of(driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    _stderr(driver)
+    stderr_of(driver)
     proc = run_cli("tuning.search", "--name", "tracked", "--resume", "--no-dashboard", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_runs_match_the_trials(uri, root, "tracked")  # the resume added no duplicate run
@@ -130,9 +136,7 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
     assert got.loc[:2, list(LABELS)].sum(axis=1).tolist() == pytest.approx([1.0] * 3)
     assert pd.isna(got["label"][3])  # a text with no token: no label, the batch still answered
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = start_background(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
          "models:/emotion-lstm/1", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
@@ -147,7 +151,7 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
             except OSError:
                 return False
 
-        assert _wait_for(up, timeout=120), "mlflow models serve did not start"
+        assert wait_for(up, timeout=120), "mlflow models serve did not start"
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", method="POST",
             data=json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode(),
@@ -164,9 +168,7 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
 def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
     """The multi-node way: an `mlflow server` (here on loopback), the search given its URL."""
     root = search_root(prepared_root, tmp_path / "root", with_test=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     server = start_background(
         [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -181,7 +183,7 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
             except OSError:
                 return False
 
-        assert _wait_for(up, timeout=120), "mlflow server did not start"
+        assert wait_for(up, timeout=120), "mlflow server did not start"
         proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
                        "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL,
                        "--intensify-top", "1", "--intensify-seeds", "1", root=root)
