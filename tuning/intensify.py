@@ -144,10 +144,12 @@ class StagedASHA(ASHAScheduler):
     (tuning.searcher.EpochOptunaSearch, restored with the experiment; the same object, since
     Tune pickles searcher and scheduler together)."""
 
+    searcher = None  # (a scheduler unpickled from before the refill has neither attribute)
+    _refilled = False
+
     def __init__(self, *args, searcher=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.searcher = searcher
-        self._refilled = False
 
     def _refill(self) -> None:
         self._refilled = True
