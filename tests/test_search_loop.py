@@ -385,3 +385,38 @@ def test_asha_rungs_are_refilled_from_the_restored_searcher_after_a_resume():
                           grace_period=1, reduction_factor=3, searcher=searcher)
         asha.on_trial_add(None, Trial())
         assert asha.on_trial_result(None, Trial(), {"epoch": 1, "val_f1": 0.5}) == expected
+
+
+def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_path):
+    """While the search runs: once every saved experiment state knows a trial ended (two saves
+    after it did), it keeps its best checkpoint only; a running trial keeps all of its."""
+    import pyarrow.fs as pafs
+
+    from tuning.retention import Retention
+
+    class Storage:
+        def __init__(self, folder):
+            self.storage_filesystem, self.trial_fs_path = pafs.LocalFileSystem(), str(folder)
+
+    class Trial:
+        def __init__(self, trial_id):
+            self.trial_id, self.storage = trial_id, Storage(tmp_path / trial_id)
+
+    ended, running = Trial("ended"), Trial("running")
+    retention = Retention()
+    for trial in (ended, running):
+        for epoch, f1 in enumerate([0.5, 0.8, 0.7]):
+            (tmp_path / trial.trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
+            retention.on_trial_result(epoch, [], trial, {"val_f1": f1, "checkpoint_dir_name":
+                                                         f"checkpoint_00000{epoch}"})
+    retention.on_trial_complete(3, [], ended)
+
+    def kept(trial):
+        return sorted(p.name for p in (tmp_path / trial.trial_id).iterdir())
+
+    everything = ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+    retention.get_state()  # a save that may have begun before the trial ended: nothing yet
+    assert kept(ended) == everything
+    retention.get_state()
+    assert kept(ended) == ["checkpoint_000001"]  # its best (val_f1 0.8), not its last
+    assert kept(running) == everything

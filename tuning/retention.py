@@ -1,10 +1,18 @@
-"""Which checkpoints a search keeps once it ends (`--keep-checkpoints`, default `leaders`).
+"""Which checkpoints a search keeps (`--keep-checkpoints`, default `leaders`).
 
-While a search runs, Tune keeps every epoch's checkpoint (10-25 MB each: weights and AdamW
-state): a cap (`CheckpointConfig(num_to_keep=K)`) makes Tune force an experiment-state snapshot
-each time a trial has written K checkpoints since the last (ray #31613), and deleting behind
-Tune's back could remove the checkpoint a stale snapshot resumes from after a kill -9. When the
-search ends, the driver prunes through the storage's filesystem (a folder or a bucket alike):
+Tune's own cap (`CheckpointConfig(num_to_keep=K)`) forces an experiment-state snapshot each time
+a trial has written K checkpoints since the last (ray #31613: a snapshot, and a warning, per
+epoch with K = 1), and deleting a checkpoint behind Tune's back could remove the one a stale
+snapshot resumes a trial from after a kill -9. So, through the storage's filesystem (a folder or
+a bucket alike):
+
+While the search runs (`Retention`, a Tune callback): a trial that has ended (completed, cut,
+errored) keeps only its best-validation checkpoint, pruned two experiment-state snapshots after
+it ended, when every saved state already says it ended (no resume will want its latest).
+Running trials keep theirs. So the search holds one checkpoint per ended trial and every epoch's
+of the few trials running.
+
+When the search ends (`prune`):
 
   leaders  a search that ended: the best-validation checkpoint of each trial of the top
            `LEADERS` distinct configurations by best val macro-F1 (the winner, a stage's
@@ -17,6 +25,7 @@ search ends, the driver prunes through the storage's filesystem (a folder or a b
 from __future__ import annotations
 
 import pyarrow.fs as pafs
+from ray.tune import Callback
 
 from tuning.intensify import config_key, config_keys
 from tuning.outcome import METRIC, MODE
@@ -63,3 +72,51 @@ def prune(storage, name: str, analysis, table) -> tuple[int, int]:
             storage.fs.delete_dir(path)
             deleted += 1
     return kept, deleted
+
+
+class Retention(Callback):
+    """Prunes each ended trial to its best-validation checkpoint while the search runs."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: dict[str, tuple[float, str]] = {}  # trial id -> (best val_f1, its checkpoint)
+        self.ended: dict[str, tuple[object, int]] = {}  # trial id -> (trial, snapshot it ended at)
+        self.snapshots = 0
+
+    def setup(self, **info) -> None:
+        self._reset()  # (a resumed search unpickles this callback with the last run's state)
+
+    def on_trial_result(self, iteration: int, trials, trial, result: dict, **info) -> None:
+        value, folder = result.get(METRIC), result.get("checkpoint_dir_name")
+        best = self.best.get(trial.trial_id)
+        if isinstance(value, int | float) and folder and (best is None or value > best[0]):
+            self.best[trial.trial_id] = (float(value), folder)
+
+    def on_trial_complete(self, iteration: int, trials, trial, **info) -> None:
+        self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
+
+    def on_trial_error(self, iteration: int, trials, trial, **info) -> None:
+        self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
+
+    def get_state(self) -> None:
+        """Called as Tune saves the experiment state: the moment to prune the trials that every
+        saved state knows as ended (ended before the previous save began)."""
+        self.snapshots += 1
+        for trial_id, (trial, at) in list(self.ended.items()):
+            if at <= self.snapshots - 2:
+                del self.ended[trial_id]
+                self._prune(trial)
+        # (stateless: a resumed search prunes what is left when it ends)
+
+    def _prune(self, trial) -> None:
+        best = self.best.pop(trial.trial_id, (None, None))[1]
+        try:
+            fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if (info.type == pafs.FileType.Directory and info.base_name != best
+                        and info.base_name.startswith(CHECKPOINT_PREFIX)):
+                    fs.delete_dir(info.path)
+        except OSError:  # a bucket hiccup: what is left is pruned when the search ends
+            pass

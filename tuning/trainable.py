@@ -134,6 +134,10 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
         from tuning.progress import Progress
 
         callbacks.append(Progress(opts["samples"] + stage_trials(opts), opts["max_epochs"]))
+    if opts.get("keep_checkpoints", "all") != "all":
+        from tuning.retention import Retention
+
+        callbacks.append(Retention())
     if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
         from tuning.tracking import TrialRuns
 
