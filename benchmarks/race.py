@@ -236,9 +236,12 @@ def plot(rows: list[dict], budget: float, out: Path) -> None:
     ax.axvline(budget, color="grey", linestyle=":", label="budget")
     ax.set_xlabel("wall time since the search started (s)")
     ax.set_ylabel("best val macro-F1 so far")
-    lows = [v for r in rows for _, v in r["trace"][len(r["trace"]) // 3:]]
+    # from a quarter of the budget on, where the searches differ
+    lows = [max((v for t, v in r["trace"] if t <= budget / 4), default=None) for r in rows]
+    lows = [v for v in lows if v is not None]
     if lows:
-        ax.set_ylim(bottom=min(lows) - 0.01)
+        ax.set_ylim(bottom=min(lows) - 0.005)
+        ax.set_xlim(left=budget / 8)
     ax.legend()
     ax.set_title("Best-so-far val macro-F1 at equal wall budget (one line per search seed)")
     fig.tight_layout()
