@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
+from model.checkpoint import load_checkpoint
 from tests.conftest import (
     SEARCH_SMALL,
     free_port,
@@ -112,10 +115,17 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
     nodes = set()
     for trial_id in table["trial_id"]:
         trial = f"{exp}/trial_{trial_id}"
-        assert {f"{trial}/checkpoint_00000{i}/state.pt" for i in range(3)} <= set(keys), trial_id
         with fs.open_input_stream(f"{trial}/progress.csv") as f:
             progress = pd.read_csv(f)
         assert_epochs(progress, 3, trial_id)  # a replayed epoch repeats its numbers
+        # the search ended: each trial (all of them among the top 5 configurations) keeps its
+        # best-validation checkpoint only, in the bucket too (--keep-checkpoints leaders)
+        [kept] = [k for k in keys if k.startswith(f"{trial}/checkpoint_")]
+        local = tmp_path / f"{trial_id}.pt"
+        with fs.open_input_stream(kept) as f:
+            local.write_bytes(f.read())
+        best = progress.drop_duplicates("epoch").set_index("epoch")["val_f1"].idxmax()
+        assert load_checkpoint(local)["epoch"] == best, trial_id
         nodes.update(progress["node_id"])
     assert len(nodes) == 2, "trials ran on both nodes"
     assert f"{BUCKET}/runs/bucket/search_options.json" in keys
@@ -160,10 +170,12 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
     # --block: the head's processes stay in this process group, which the test ends itself
     # (`ray stop` would stop every Ray of this user on the machine)
     head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - read on failure
+    # a short path: Ray's socket paths under it must fit AF_UNIX's 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     head = start_background(
         [ray_cli, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-         str(dashboard), "--temp-dir", str(tmp_path / "ray")],
+         str(dashboard), "--temp-dir", ray_tmp],
         env=env, stdout=subprocess.DEVNULL, stderr=head_log, text=True)
     try:
         up = None
@@ -193,5 +205,6 @@ def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root
         assert "succeeded" not in no_token.stdout and no_token.returncode != 0
     finally:
         stop_group(head)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len(trials_csv(root, "job")) == 2
     assert (root / "ray_results" / "job").is_dir()

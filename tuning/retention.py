@@ -27,7 +27,7 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from tuning.intensify import config_key, config_keys
+from tuning.intensify import config_keys
 from tuning.outcome import METRIC, MODE
 
 LEADERS = 5
@@ -44,18 +44,19 @@ def _checkpoint_dirs(storage, name: str, trial_id: str) -> list[str]:
 def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     """trial id -> the one checkpoint path (on the storage's filesystem) an ended trial keeps,
     None for none; unfinished trials are not in it (they keep all)."""
-    measured = table[table["best_val_f1"].notna()]
-    ranked = measured.assign(config=config_keys(measured)).sort_values(
-        "best_val_f1", ascending=False, kind="stable")
+    # (configurations compared as trials.csv has them: every hyperparameter, defaults filled
+    # in; a trial's Tune config holds only the searched and fixed keys)
+    table = table.assign(config=config_keys(table))
+    ranked = table[table["best_val_f1"].notna()].sort_values("best_val_f1", ascending=False,
+                                                             kind="stable")
     leaders = set(ranked["config"].drop_duplicates().head(LEADERS))
-    ended = table[table["status"] != "unfinished"]
-    interrupted = len(ended) < len(table)
-    status = dict(zip(table["trial_id"], table["status"], strict=True))
+    interrupted = (table["status"] == "unfinished").any()
+    rows = table.set_index("trial_id")
     keep = {}
     for trial in analysis.trials:
-        if status.get(trial.trial_id, "unfinished") == "unfinished":
+        if trial.trial_id not in rows.index or rows.at[trial.trial_id, "status"] == "unfinished":
             continue
-        wanted = interrupted or config_key(trial.config) in leaders
+        wanted = interrupted or rows.at[trial.trial_id, "config"] in leaders
         best = analysis.get_best_checkpoint(trial, METRIC, MODE) if wanted else None
         keep[trial.trial_id] = best.path if best is not None else None
     return keep

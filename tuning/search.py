@@ -293,6 +293,10 @@ def main(argv=None) -> int:
             tuner = make_tuner(opts, trainable, storage)
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        if not opts.get("verbose"):
+            # Tune's new output engine prints a configuration box and a TensorBoard hint for a
+            # folder with no trial curves even when silent; the old engine at verbose 0 does not
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         tuner.fit()
         import ray
 
