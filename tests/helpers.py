@@ -67,3 +67,13 @@ def assert_epochs(progress: pd.DataFrame, epochs: int, trial_id: str) -> None:
     replayed = progress[progress["epoch"].duplicated(keep=False)]
     assert (replayed.groupby("epoch")[["val_f1", "val_loss", "train_loss"]].nunique() == 1)\
         .all().all(), trial_id
+
+
+def answers(url: str) -> bool:
+    """Whether a server a test started answers 200 at `url` yet."""
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False

@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from tests.helpers import (
     SNAPSHOT_S,
+    answers,
     finished_progress,
     start_search,
     stderr_of,
@@ -142,16 +143,11 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
          "models:/emotion-lstm/1", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         # (the server runs uvicorn from the venv's bin, as in an activated venv)
         env={**os.environ, "MLFLOW_TRACKING_URI": uri,
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def up():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200
-            except OSError:
-                return False
-
-        assert wait_for(up, timeout=120), "mlflow models serve did not start"
+        assert wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), timeout=120), \
+            "mlflow models serve did not start"
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", method="POST",
             data=json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode(),
@@ -177,13 +173,7 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            try:
-                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-            except OSError:
-                return False
-
-        assert wait_for(up, timeout=120), "mlflow server did not start"
+        assert wait_for(lambda: answers(f"{uri}/health"), timeout=120), "mlflow server did not start"
         proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
                        "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL,
                        "--intensify-top", "1", "--intensify-seeds", "1", root=root)
