@@ -58,3 +58,16 @@ def finish(summary: str, result: dict) -> int:
     print(summary, file=sys.stderr)
     print(json.dumps(result))
     return 0
+
+
+SPLITS = None  # a worker process's splits (load_splits is a pool's initializer)
+
+
+def load_splits(subset: int | None, with_test: bool = False) -> None:
+    """The processed splits the search trained on (its --subset too; the whole test split)."""
+    global SPLITS
+    from model.data import load_processed
+    from plumbing.paths import paths
+
+    splits = load_processed(paths(), with_test=with_test)
+    SPLITS = splits.head(subset, subset) if subset else splits

@@ -32,7 +32,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import cpu_model, finish  # benchmarks/common.py
+import common  # benchmarks/common.py
+from common import cpu_model, finish, load_splits
 
 from plumbing.paths import paths
 
@@ -84,17 +85,6 @@ def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
 
 # ---- the plain Optuna peer --------------------------------------------------------------------
 
-_SPLITS = None
-
-
-def _load_splits(subset: int | None, with_test: bool = False):
-    global _SPLITS
-    from model.data import load_processed
-
-    splits = load_processed(paths(), with_test=with_test)
-    _SPLITS = splits.head(subset, subset) if subset else splits  # (the whole test split)
-
-
 def _suggest(trial, key: str, spec: dict):
     """A tuning/space.py range, sampled by Optuna's define-by-run API."""
     kind, args = next(iter(spec.items()))
@@ -115,7 +105,7 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
     from tuning import space as space_mod
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _load_splits(subset)
+    load_splits(subset)
     space = space_mod.load_space(None)
     ranges = {k: v for k, v in space.items() if isinstance(v, dict)}
     fixed = {k: v for k, v in space.items() if not isinstance(v, dict)}
@@ -130,7 +120,7 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
         config = from_trial_params({**fixed, **params, SEARCH_SEED_KEY: seed,
                                     "epochs": max_epochs, "threads": 1})
         best = None
-        for epoch in train_epochs(config, _SPLITS):
+        for epoch in train_epochs(config, common.SPLITS):
             if time.time() > deadline:  # the budget ends the trial, as Tune's does
                 raise optuna.TrialPruned()
             value = epoch.metrics["val_f1"]
@@ -182,25 +172,20 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
 # ---- scoring a pick ---------------------------------------------------------------------------
 
 def _retrain(config: dict, seed: int, max_epochs: int) -> dict:
-    """Best val macro-F1 of `config` trained with `seed`, and test figures at that epoch."""
-    from model.checkpoint import model_from_checkpoint
-    from model.loop import evaluate, train_epochs
+    """Best val macro-F1 of `config` trained with `seed`, and test figures at that epoch
+    (evaluate_best's own --reseed)."""
+    from tuning.evaluate_best import reseed
 
-    config = {**config, "seed": seed, "epochs": max_epochs, "threads": 1}
-    best = None
-    for epoch in train_epochs(config, _SPLITS):
-        if epoch.improved:
-            test = evaluate(model_from_checkpoint(epoch.training_state()), _SPLITS.test)
-            best = {"val_f1": epoch.metrics["val_f1"], "accuracy": test["acc"],
-                    "f1_macro": test["f1"], "epoch": epoch.epoch}
-    return best
+    [row] = reseed({**config, "epochs": max_epochs, "threads": 1}, common.SPLITS, [seed])
+    return {"val_f1": row["val_f1"], "accuracy": row["test_accuracy"],
+            "f1_macro": row["test_f1_macro"]}
 
 
 def score(picks: list[dict], args) -> list[dict]:
     """Each pick's 3 fresh-seed retrains (a configuration picked twice is trained once)."""
     keys = [json.dumps({k: v for k, v in p.items() if k != "seed"}, sort_keys=True) for p in picks]
     unique = dict.fromkeys(keys)
-    with ProcessPoolExecutor(2, initializer=_load_splits, initargs=(args.subset, True)) as pool:
+    with ProcessPoolExecutor(2, initializer=load_splits, initargs=(args.subset, True)) as pool:
         runs = {k: [pool.submit(_retrain, json.loads(k), s, args.max_epochs) for s in FRESH_SEEDS]
                 for k in unique}
         done = {k: [f.result() for f in fs] for k, fs in runs.items()}

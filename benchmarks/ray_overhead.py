@@ -24,21 +24,10 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from common import cpu_model, finish, run_search, trials_in_start_order  # benchmarks/common.py
+import common  # benchmarks/common.py
+from common import cpu_model, finish, load_splits, run_search, trials_in_start_order
 
 from plumbing.paths import paths
-
-_SPLITS = None
-
-
-def _load(subset: int | None):
-    """The splits the search trained on (its --subset too, if it had one)."""
-    global _SPLITS
-    from model.data import load_processed
-
-    _SPLITS = load_processed(paths())
-    if subset:
-        _SPLITS = _SPLITS.head(subset, subset)
 
 
 def _train(config: dict, epochs: int) -> tuple[list[float], float]:
@@ -48,7 +37,7 @@ def _train(config: dict, epochs: int) -> tuple[list[float], float]:
     from model.loop import train_epochs
 
     curve, seconds = [], 0.0
-    for epoch in train_epochs(from_trial_params(config), _SPLITS):
+    for epoch in train_epochs(from_trial_params(config), common.SPLITS):
         curve.append(epoch.metrics["val_f1"])
         seconds += epoch.metrics["epoch_s"]
         if len(curve) == epochs:
@@ -85,7 +74,7 @@ def main() -> int:
     start = time.perf_counter()
     study = optuna.create_study(direction="maximize")
     curves, plain_epoch_s = {}, 0.0
-    with ProcessPoolExecutor(workers, initializer=_load,
+    with ProcessPoolExecutor(workers, initializer=load_splits,
                              initargs=(options["subset"],)) as pool:
         pending, queue = {}, list(enumerate(trials))
         while queue or pending:

@@ -126,13 +126,19 @@ def replicates(params: dict[str, dict], best: dict[str, float], top: int, seeds:
     return [{**p, REPLICATE_KEY: r} for r in range(1, seeds + 1) for p in leaders(params, best, top)]
 
 
+def table_leaders(trials: pd.DataFrame, top: int) -> list[str]:
+    """The config keys of the `top` distinct configurations of trials.csv rows by best val_f1
+    (`leaders`' ranking, read off a table)."""
+    measured = trials[trials["best_val_f1"].notna()]
+    rows = {row["trial_id"]: row for _, row in measured.iterrows()}
+    best = dict(zip(measured["trial_id"], measured["best_val_f1"].astype(float), strict=True))
+    return [config_key(row) for row in leaders(rows, best, top)]
+
+
 def search_leaders(trials: pd.DataFrame, top: int) -> list[str]:
     """The config keys of the configurations a `top` x S stage replicates, read off trials.csv's
     search rows (the same ranking `Intensify` makes while the search runs)."""
-    searched = trials[(trials["phase"] == SEARCH) & trials["best_val_f1"].notna()]
-    rows = {row["trial_id"]: row for _, row in searched.iterrows()}
-    best = dict(zip(searched["trial_id"], searched["best_val_f1"].astype(float), strict=True))
-    return [config_key(row) for row in leaders(rows, best, top)]
+    return table_leaders(trials[trials["phase"] == SEARCH], top)
 
 
 class StagedASHA(ASHAScheduler):

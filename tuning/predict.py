@@ -38,6 +38,17 @@ class Predictor:
         batch = EncodedSplit.from_ids([self.vocab.encode(t) for t in texts], [0] * len(texts))
         return torch.softmax(self.model(batch.tokens, batch.lengths), dim=1)
 
+    def predict(self, texts: list) -> list[tuple[str, list[float]] | None]:
+        """Each text's label and probabilities (in LABELS order); None for a text with no token
+        (empty, blank, not a string), which has nothing to classify."""
+        kept = [i for i, t in enumerate(texts) if isinstance(t, str) and self.vocab.encode(t)]
+        out: list[tuple[str, list[float]] | None] = [None] * len(texts)
+        if kept:
+            for i, p in zip(kept, self.probabilities([texts[i] for i in kept]).tolist(),
+                            strict=True):
+                out[i] = (LABELS[max(range(len(p)), key=p.__getitem__)], p)
+        return out
+
 
 def main(argv=None) -> int:
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
@@ -47,18 +58,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     texts = args.texts if args.texts else sys.stdin.read().splitlines()
     predictor = Predictor(Path(args.model) if args.model else paths().best / "model.pt")
-    kept = []
-    for n, text in enumerate(texts, 1):
-        if text.strip() and predictor.vocab.encode(text):
-            kept.append(text)
-        else:
+    predictions = predictor.predict(texts)
+    for n, prediction in enumerate(predictions, 1):
+        if prediction is None:
             print(f"{PROG}: text {n} is empty: no prediction", file=sys.stderr)
-    if not kept:
+    if not any(predictions):
         print(f"{PROG}: error: no non-empty text to classify", file=sys.stderr)
         return 1
-    probs = predictor.probabilities(kept)
-    for text, p in zip(kept, probs.tolist()):
-        label = LABELS[max(range(len(p)), key=p.__getitem__)]
+    for text, prediction in zip(texts, predictions, strict=True):
+        if prediction is None:
+            continue
+        label, p = prediction
         if args.json:
             print(json.dumps({"text": text, "label": label,
                               "probabilities": dict(zip(LABELS, (round(x, 6) for x in p)))}))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from tuning.intensify import config_keys
+from tuning.intensify import config_keys, table_leaders
 from tuning.outcome import METRIC, MODE
 
 LEADERS = 5
@@ -47,9 +47,7 @@ def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     # (configurations compared as trials.csv has them: every hyperparameter, defaults filled
     # in; a trial's Tune config holds only the searched and fixed keys)
     table = table.assign(config=config_keys(table))
-    ranked = table[table["best_val_f1"].notna()].sort_values("best_val_f1", ascending=False,
-                                                             kind="stable")
-    leaders = set(ranked["config"].drop_duplicates().head(LEADERS))
+    leaders = set(table_leaders(table, LEADERS))  # of both phases: a replicate is a leader's
     interrupted = (table["status"] == "unfinished").any()
     rows = table.set_index("trial_id")
     keep = {}

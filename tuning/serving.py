@@ -33,14 +33,9 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
 
         texts = (list(model_input[TEXT_COLUMN]) if isinstance(model_input, pd.DataFrame)
                  else list(model_input))
-        rows = [{"label": None, **dict.fromkeys(LABELS, float("nan"))} for _ in texts]
-        kept = [i for i, t in enumerate(texts) if isinstance(t, str) and
-                self.predictor.vocab.encode(t)]
-        if kept:
-            probs = self.predictor.probabilities([texts[i] for i in kept]).tolist()
-            for i, p in zip(kept, probs, strict=True):
-                rows[i] = {"label": LABELS[max(range(len(p)), key=p.__getitem__)],
-                           **dict(zip(LABELS, p, strict=True))}
+        rows = [{"label": None, **dict.fromkeys(LABELS, float("nan"))} if prediction is None
+                else {"label": prediction[0], **dict(zip(LABELS, prediction[1], strict=True))}
+                for prediction in self.predictor.predict(texts)]
         return pd.DataFrame(rows, columns=["label", *LABELS])
 
 
