@@ -59,13 +59,16 @@ bench-search: data
 # token auth for clusters started here (Ray 2.60 turns it on by itself only for local instances);
 # the ray CLI needs RAY_AUTH_MODE=token to reach such a cluster
 RAY        := RAY_AUTH_MODE=token $(VENV)/bin/ray
-DASHBOARD  ?= http://127.0.0.1:8265
+RAY_PORT   ?= 6379
+DASHBOARD_PORT ?= 8265
+DASHBOARD  ?= http://127.0.0.1:$(DASHBOARD_PORT)
 STORAGE    ?=
 CLUSTER_CPUS ?=
 
 cluster-up: install
 	$(RAY) get-auth-token --generate >/dev/null
-	$(RAY) start --head --dashboard-host 127.0.0.1 $(if $(CLUSTER_CPUS),--num-cpus $(CLUSTER_CPUS))
+	$(RAY) start --head --port $(RAY_PORT) --dashboard-host 127.0.0.1 \
+	  --dashboard-port $(DASHBOARD_PORT) $(if $(CLUSTER_CPUS),--num-cpus $(CLUSTER_CPUS))
 	@echo "token for the dashboard and for workers: $$($(RAY) get-auth-token)"
 
 cluster-join: install

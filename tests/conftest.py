@@ -12,6 +12,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+_OWN_DIRS: list[str] = []
+
+
+def pytest_configure(config):
+    """The test session's own home and Ray temp dir, for everything it starts (searches, `ray
+    start`, in-process clusters): Ray writes its token to ~/.ray/auth_token and its sessions
+    under $RAY_TMPDIR/ray, and `ray.init()` without an address joins the cluster recorded
+    there. So the user's token, sessions and running clusters are neither read nor touched."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="emotion-tests-home-")
+    # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    _OWN_DIRS.extend([home, ray_tmp])
+    os.environ.update(HOME=home, RAY_TMPDIR=ray_tmp)
+    os.environ.pop("RAY_ADDRESS", None)  # (a user's RAY_ADDRESS would send searches to their Ray)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    while _OWN_DIRS:
+        shutil.rmtree(_OWN_DIRS.pop(), ignore_errors=True)
+
 
 def real_data_dir() -> Path:
     """The real dair-ai/emotion files: $EMOTION_DATA_DIR, else ../shared/data/emotion.

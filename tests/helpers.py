@@ -59,6 +59,31 @@ def wait_for(predicate, timeout=300):
 SNAPSHOT_S = 1
 
 
+def wait_for_state_saves(exp, saves: int = 2, timeout: float = 120) -> bool:
+    """Wait until Tune has saved the experiment state in folder `exp` `saves` more times
+    (experiment_state-*.json rewritten): then everything that happened before this call is in
+    the saved state, however slow the machine."""
+    def state():
+        found = {}
+        for f in exp.glob("experiment_state-*.json"):
+            try:
+                found[f.name] = f.stat().st_mtime_ns
+            except FileNotFoundError:  # (replaced as we looked)
+                pass
+        return found
+
+    last, seen = state(), 0
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.05)
+        now = state()
+        if now != last:
+            last, seen = now, seen + 1
+            if seen >= saves:
+                return True
+    return False
+
+
 def assert_epochs(progress: pd.DataFrame, epochs: int, trial_id: str) -> None:
     """Epochs 1..n, each once, except an epoch that a resume after kill -9 ran again (reported
     after the last saved experiment state): it repeats with the very same numbers."""

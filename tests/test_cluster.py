@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -147,64 +144,62 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
 
 
 @slow
-def test_the_search_submitted_as_a_ray_job_to_a_token_auth_cluster(prepared_root, tmp_path):
-    """`ray start --head` on loopback with token auth (RAY_AUTH_MODE=token), then `ray job submit` of a
-    small search with --address auto: the job succeeded and its log holds the best-trial line."""
+def test_the_makefiles_cluster_targets_run_a_search_as_a_ray_job_with_token_auth(
+        prepared_root, tmp_path):
+    """docs/cluster.md's commands as written: `make cluster-up` (a head with token auth on
+    loopback, printing the token), `make submit` of a small search (`--address auto`), `make
+    job-logs` following it to the end: the job succeeded and its log holds the best-trial line;
+    the ray CLI without RAY_AUTH_MODE=token is refused. (`make cluster-down` is `ray stop`,
+    which would stop every Ray of this user on the machine: the test ends its head itself.)"""
+    import re
+
+    from tests.conftest import REPO, real_data_dir
+
     root = search_root(prepared_root, tmp_path, with_test=False)
     gcs, dashboard = free_port(), free_port()
-    # a home of its own (the token goes to ~/.ray/auth_token) and a Ray temp dir of its own:
-    # the user's Ray, token and sessions are left alone
+    # a home of its own (the token goes to ~/.ray/auth_token); the head records itself under
+    # the session's own $RAY_TMPDIR (conftest): the user's Ray, token and sessions are left alone
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
-           "HOME": str(home)}
-    env.pop("EMOTION_DATA_DIR", None)
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home),
+           "EMOTION_ROOT": str(root), "EMOTION_DATA_DIR": str(real_data_dir())}
+    env.pop("RAY_AUTH_MODE", None)  # the Makefile sets it
+    # this venv, installed already (-o: not remade); ports of the test's own
+    make = ["make", "-s", "-C", str(REPO), f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed",
+            f"RAY_PORT={gcs}", f"DASHBOARD_PORT={dashboard}", "CLUSTER_CPUS=2"]
 
-    def ray(*args, timeout=300):
-        return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True,
+    def run(*args, timeout=300):
+        return subprocess.run([*make, *args], env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
-    assert ray("get-auth-token", "--generate").returncode == 0
-    assert (home / ".ray" / "auth_token").is_file()
-    # --block: the head's processes stay in this process group, which the test ends itself
-    # (`ray stop` would stop every Ray of this user on the machine)
-    head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - read on failure
-    # a short path: Ray's socket paths under it must fit AF_UNIX's 107 bytes
-    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    head = start_background(
-        [ray_cli, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
-         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-         str(dashboard), "--temp-dir", ray_tmp],
-        env=env, stdout=subprocess.DEVNULL, stderr=head_log, text=True)
+    # (the head's processes stay in this process group, which the test ends: start_background)
+    head_log = open(tmp_path / "head.log", "w+")  # noqa: SIM115 - read below
+    head = start_background([*make, "cluster-up"], env=env, stdout=head_log,
+                            stderr=subprocess.STDOUT, text=True)
     try:
-        up = None
-        for _ in range(120):
-            up = ray("job", "list", "--address", f"http://127.0.0.1:{dashboard}", timeout=60)
-            if up.returncode == 0 or head.poll() is not None:
-                break
-            time.sleep(1)
-        assert up.returncode == 0, (up.stderr + (tmp_path / "head.log").read_text())[-3000:]
-        runtime_env = json.dumps({"env_vars": {"EMOTION_ROOT": str(root), "PYTHONUNBUFFERED": "1"}})
-        job_id = f"search-{os.getpid()}"
-        job = ray("job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-                  "--submission-id", job_id, "--runtime-env-json", runtime_env, "--",
-                  sys.executable, "-m", "tuning.search",
-                  "--address", "auto", "--samples", "2", "--max-epochs", "1", "--name", "job",
-                  *SEARCH_SMALL, timeout=600)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        status = ray("job", "status", "--address", f"http://127.0.0.1:{dashboard}", job_id)
-        assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr
-        logs = ray("job", "logs", "--address", f"http://127.0.0.1:{dashboard}", job_id)
+        assert head.wait(timeout=300) == 0, (tmp_path / "head.log").read_text()[-3000:]
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        assert f"token for the dashboard and for workers: {token}" in \
+            (tmp_path / "head.log").read_text()
+        search_args = f"--max-epochs 1 --name job {' '.join(SEARCH_SMALL)}"
+        submitted = run("submit", "SAMPLES=2", f"SEARCH_ARGS={search_args}")
+        assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-3000:]
+        job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr)[0]
+        logs = run("job-logs", f"JOB={job_id}", timeout=600)  # follows the job to its end
+        assert logs.returncode == 0, (logs.stdout + logs.stderr)[-3000:]
         assert "best trial" in logs.stdout and "python -m tuning.evaluate_best" in logs.stdout
-        # without the token mode the CLI is refused: what the README tells users to set
-        no_token = subprocess.run([ray_cli, "job", "status", "--address",
-                                   f"http://127.0.0.1:{dashboard}", job_id],
-                                  env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"},
-                                  capture_output=True, text=True, timeout=120, check=False)
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        address = f"http://127.0.0.1:{dashboard}"
+        status = subprocess.run([ray_cli, "job", "status", "--address", address, job_id],
+                                env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr
+        # without the token mode the CLI is refused: what the docs tell users to set
+        no_token = subprocess.run([ray_cli, "job", "status", "--address", address, job_id],
+                                  env=env, capture_output=True, text=True, timeout=120,
+                                  check=False)
         assert "succeeded" not in no_token.stdout and no_token.returncode != 0
     finally:
         stop_group(head)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len(trials_csv(root, "job")) == 2
     assert (root / "ray_results" / "job").is_dir()

@@ -299,12 +299,29 @@ def test_a_corrupted_output_is_detected_and_rebuilt(root):
     assert outputs_digest(root) == before
 
 
-def test_two_runs_at_once_end_consistent(root):
+def test_two_runs_at_once_wait_for_each_other_and_end_consistent(root):
+    """Two runs started while a third party holds the lock both wait (they overlap for sure);
+    once it is released, one builds and the other finds nothing to do."""
+    import fcntl
+    import time
+
     src = write_txt(root / "src")
     cmd = [sys.executable, "-m", "dataprep", "--source", str(src)]
     env = {"EMOTION_ROOT": str(root), "PATH": "/usr/bin:/bin"}
-    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    lock = paths(root).data_processed / ".dataprep.lock"
+    lock.parent.mkdir(parents=True)
+    logs = [root / f"run{i}.log" for i in range(2)]
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        procs = [subprocess.Popen(cmd, env=env, stderr=log.open("w"), text=True) for log in logs]
+        deadline = time.time() + 120
+        while not all("waiting for it to finish" in log.read_text() for log in logs):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+                [log.read_text() for log in logs]
+            time.sleep(0.1)
+        assert not paths(root).manifest.exists()  # neither went past the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    results = [(p.wait(timeout=120), log.read_text()) for p, log in zip(procs, logs)]
     assert [rc for rc, _ in results] == [0, 0], results
     outputs = "".join(err for _, err in results)
     assert outputs.count("built data/processed") == 1 and outputs.count("nothing to do") == 1

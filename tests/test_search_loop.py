@@ -3,7 +3,6 @@ each trial, replayed as Tune calls them and checked on real searches against tri
 from __future__ import annotations
 
 import json
-import time
 
 import optuna
 import pandas as pd
@@ -233,6 +232,9 @@ def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepare
     assert search.set_index("hidden_size")["status"].to_dict() == {128: "completed", 192: "error"}
     errored = table[table["status"] == "error"]
     assert len(errored) == 1 and (errored["epochs_run"] == 0).all()
+    # it crashed at its first start and at each of its 2 retries; the others never crashed
+    assert (errored["failures"] == 3).all() and (table.loc[table["status"] != "error",
+                                                            "failures"] == 0).all()
     again = table[table["phase"] == "intensify"]
     assert len(again) == 1 and (again["hidden_size"] == 128).all()  # the measured leader only
     assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), table)
@@ -326,7 +328,7 @@ def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepa
     holds all 6), the first 4 untouched; a kill -9 during the extension, then --resume."""
     import signal
 
-    from tests.helpers import SNAPSHOT_S, start_search, stderr_of, wait_for
+    from tests.helpers import SNAPSHOT_S, start_search, stderr_of, wait_for, wait_for_state_saves
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     root = search_root(prepared_root, tmp_path, with_test=False)
@@ -347,7 +349,7 @@ def test_an_ended_search_extended_then_killed_and_resumed_keeps_its_trials(prepa
     driver = start_search(root, ["--name", "ext", "--resume", "--samples", "6",
                                   "--no-dashboard"])
     assert wait_for(lambda: len(list(exp.glob("trial_*"))) > 4), stderr_of(driver)[-2000:]
-    time.sleep(2 * SNAPSHOT_S + 1)
+    assert wait_for_state_saves(exp), stderr_of(driver)[-2000:]
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     stderr_of(driver)

@@ -10,8 +10,12 @@ def start_ray(args) -> None:
     """Join the cluster at --address, or start a local one; say where its dashboard is."""
     import ray
 
-    if args.address:
-        ctx = ray.init(address=args.address, log_to_driver=True)
+    # RAY_ADDRESS (set by `ray job submit` for its drivers, or by the user) counts as --address;
+    # otherwise a local instance of our own ("local"): a bare ray.init() would join whatever
+    # cluster `ray start` last recorded in /tmp/ray, such as a user's own one on this machine
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address, log_to_driver=True)
     else:
         kwargs = {"include_dashboard": not args.no_dashboard}
         if not args.no_dashboard:
@@ -19,7 +23,7 @@ def start_ray(args) -> None:
         # Ray counts the machine's CPUs (and cgroup quotas) but not this process's affinity mask
         if usable_cpus() < (os.cpu_count() or 1):
             kwargs["num_cpus"] = usable_cpus()
-        ctx = ray.init(**kwargs)
+        ctx = ray.init(address="local", **kwargs)
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"Ray dashboard: http://{url} ({dashboard_login_hint()})", file=sys.stderr)

@@ -35,7 +35,7 @@ def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
 
 def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
     """trial id, status, phase (search or intensify) and replicate, every hyperparameter, seed,
-    best and last val_f1, epochs run, time."""
+    best and last val_f1, epochs run, time, failures."""
     frames = analysis.trial_dataframes
     rows = []
     # in the order the trials were created (Tune's tag starts with its counter), not in Tune's
@@ -60,6 +60,7 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         else:
             row.update(best_val_f1=math.nan, best_epoch=None, last_val_f1=math.nan, epochs_run=0,
                        time_s=0.0)
+        row["failures"] = int(trial.run_metadata.num_failures)  # crashes Tune retried (or not)
         rows.append(row)
     return pd.DataFrame(rows)
 

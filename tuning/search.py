@@ -61,7 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--name", help="experiment name (default: search-YYYYmmdd-HHMMSS)")
     ap.add_argument("--storage", help="where experiments live: a folder or a URI shared by the "
                     "cluster's nodes (default: ray_results/)")
-    ap.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    ap.add_argument("--address", help="join this Ray cluster (e.g. auto; default: $RAY_ADDRESS "
+                    "if set) instead of starting a local one of its own")
     ap.add_argument("--resume", action="store_true",
                     help="continue the interrupted experiment --name (default: the latest one)")
     ap.add_argument("--intensify-top", type=non_negative_int, default=INTENSIFY_TOP, metavar="K",
