@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -76,8 +77,8 @@ def test_storage_paths_keep_the_query_and_never_paste_onto_it(s3):
 def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_the_uri(
         prepared_root, tmp_path, s3):
     """Storage only in the bucket: every checkpoint lands there, trials of both phases (search,
-    intensification) run on both nodes, the driver is killed (-9) and the search resumed from
-    the URI, and evaluate_best from the URI gives the numbers it gives on a local copy of the
+    intensification) run on both nodes, the driver is killed (-9) in the search phase and again
+    in the stage, resumed from the URI each time, and evaluate_best from the URI gives the numbers it gives on a local copy of the
     experiment."""
     from ray.cluster_utils import Cluster
 
@@ -99,8 +100,19 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stderr_of(proc)
-        resumed = run_cli("tuning.search", "--name", "bucket", "--resume", "--storage", uri,
-                          "--address", cluster.address, root=root)
+        resume = ["--name", "bucket", "--resume", "--storage", uri, "--address", cluster.address]
+        # resumed, then killed again in the intensification stage: once the 4 search trials
+        # have ended and a replicate has written a checkpoint to the bucket since
+        proc = start_search(root, resume)
+        log = Path(proc.log.name)
+        assert wait_for(lambda: "| 4/6 ended" in log.read_text(), timeout=600), stderr_of(proc)
+        search_keys = set(_keys(fs, exp))
+        assert wait_for(lambda: any("/checkpoint_" in k for k in set(_keys(fs, exp)) - search_keys),
+                        timeout=300), stderr_of(proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stderr_of(proc)
+        resumed = run_cli("tuning.search", *resume, root=root)
     finally:
         cluster.shutdown()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -203,3 +215,66 @@ def test_the_makefiles_cluster_targets_run_a_search_as_a_ray_job_with_token_auth
         stop_group(head)
     assert len(trials_csv(root, "job")) == 2
     assert (root / "ray_results" / "job").is_dir()
+
+
+@slow
+def test_a_search_with_a_stage_in_a_bucket_is_extended_and_its_stage_follows(prepared_root,
+                                                                              tmp_path, s3):
+    """4 trials and a 1 x 1 stage, all in the bucket; `--resume --samples 6`: 2 new search trials
+    from the same searcher (the study holds all 6 with the earlier values), the earlier 5
+    trials untouched, and a stage over all 6 that replicates the leader unless an earlier stage
+    did; the winner is the replicated configuration with the best mean."""
+    from tests.conftest import assert_study_matches_trials_csv, study_by_trial
+    from tuning.intensify import config_keys, search_leaders
+
+    endpoint, fs = s3
+    uri = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    exp = f"{BUCKET}/runs/ext"
+    proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "2", "--reduction-factor",
+                   "2", "--name", "ext", "--storage", uri, *SEARCH_SMALL, "--subset", "800",
+                   "--intensify-top", "1", "--intensify-seeds", "1", "--optuna-storage", storage,
+                   root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def progress_files() -> dict[str, bytes]:
+        found = {}
+        for key in _keys(fs, exp):
+            if key.endswith("/progress.csv"):
+                with fs.open_input_stream(key) as f:
+                    found[key] = f.read()
+        return found
+
+    before, earlier = progress_files(), study_by_trial(storage, "ext")
+    assert len(before) == 5
+    proc = run_cli("tuning.search", "--name", "ext", "--resume", "--samples", "6", "--storage",
+                   uri, "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (root / "ray_results").exists()
+    table = trials_csv(root, "ext").assign(config=lambda t: config_keys(t))
+    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
+    assert len(search) == 6 and table["trial_id"].is_unique
+    assert set(table["status"]) <= {"completed", "asha_stopped"}
+    # the leader over all 6 is replicated, once; so is the earlier stage's, whether or not it
+    # still leads; nothing else
+    [leader] = search_leaders(table, 1)
+    earlier_ids = {key.split("/trial_")[1].split("/")[0] for key in before}
+    first_stage = set(again.loc[again["trial_id"].isin(earlier_ids), "config"])
+    assert len(first_stage) == 1
+    assert set(again["config"]) == {leader} | first_stage
+    assert again["config"].is_unique and len(table) == 6 + len(again)
+    after = progress_files()
+    assert {k: after[k] for k in before} == before  # the earlier 5, byte for byte
+    study = study_by_trial(storage, "ext")
+    assert len(study) == 6
+    assert_study_matches_trials_csv(study, table)
+    for trial_id, trial in earlier.items():
+        assert study[trial_id].state == trial.state and study[trial_id].value == trial.value
+    # the winner: the replicated configuration with the best mean over its seeds
+    measured = table[table["config"].isin(set(again["config"]))]
+    means = measured.groupby("config")["best_val_f1"].mean()
+    best = json.loads((root / "artifacts/search/ext/best_config.json").read_text())
+    assert table.set_index("trial_id").at[best["trial_id"], "config"] == means.idxmax()
+    with fs.open_input_stream(f"{exp}/search_options.json") as f:
+        assert json.loads(f.read())["samples"] == 6

@@ -23,6 +23,7 @@ from tests.conftest import (
     run_cli,
     search_root,
     start_background,
+    stop_group,
     study_by_trial,
 )
 from tests.helpers import (
@@ -303,9 +304,9 @@ def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_pat
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     # (--block: its processes stay in the group the test ends; it records itself under
     # $RAY_TMPDIR/ray, where a bare ray.init() would find and join it)
-    start_background([ray_cli, "start", "--head", "--block", "--port", str(free_port()),
-                      "--num-cpus", "5", "--include-dashboard", "false"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    users_ray = start_background([ray_cli, "start", "--head", "--block", "--port", str(free_port()),
+                                  "--num-cpus", "5", "--include-dashboard", "false"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     current = Path(os.environ["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
     assert wait_for(current.is_file, timeout=120)
     port = free_port()
@@ -313,6 +314,7 @@ def test_default_concurrency_and_the_dashboard_login_hint(prepared_root, tmp_pat
                    "--subset", "300", "--dashboard-port", str(port), "--intensify-top", "0",
                    root=root,
                    prefix=("taskset", "-c", "0"))
+    stop_group(users_ray, grace=2)  # (`ray start --block` takes its time over SIGTERM)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 trials, 1 at once" in proc.stderr
     assert json.loads((root / "artifacts/search/pinned/search_options.json").read_text())[
@@ -491,3 +493,27 @@ def test_points_replay_an_earlier_search_to_the_same_numbers(tiny_experiment, tm
     for key, curve in earlier.items():
         # the earlier run may have been stopped by ASHA; the replay ran all 3 epochs
         assert replayed[key][:len(curve)] == curve, key
+
+
+@slow
+def test_the_base_install_searches_and_evaluates_without_mlflow(prepared_root, tmp_path):
+    """MLflow is an extra (`.[tracking]`): with it not importable, a search and its evaluation
+    run, and `--mlflow` is a one-line usage error naming the extra."""
+    hidden = tmp_path / "hide" / "mlflow"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mlflow' (hidden by the test)\")\n")
+    env = {"PYTHONPATH": str(hidden.parent)}
+    root = search_root(prepared_root, tmp_path / "root", with_test=True)
+    probe = run_cli("tuning.search", "--samples", "1", "--name", "tracked", "--mlflow",
+                    *SEARCH_SMALL, root=root, env=env)
+    assert probe.returncode == 2, probe.stderr[-2000:]
+    [line] = probe.stderr.strip().splitlines()
+    assert line.endswith("error: --mlflow: MLflow is not installed (pip install -e \".[tracking]\")")
+    proc = run_cli("tuning.search", "--samples", "1", "--max-epochs", "1", "--name", "lean",
+                   *SEARCH_SMALL, "--subset", "300", root=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/lean", root=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "artifacts/best/metrics.json").read_text())
+    assert metrics["trial_id"] == trials_csv(root, "lean")["trial_id"].iloc[0]

@@ -8,6 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from tests.conftest import (
     SEARCH_SMALL,
@@ -422,3 +423,47 @@ def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_pat
     retention.get_state()
     assert kept(ended) == ["checkpoint_000001"]  # its best (val_f1 0.8), not its last
     assert kept(running) == everything
+
+
+class _Suggests(Searcher):
+    """A base searcher that suggests hidden sizes from a list."""
+
+    def __init__(self, sizes):
+        super().__init__(metric="val_f1", mode="max")
+        self.sizes = list(sizes)
+
+    def suggest(self, trial_id):
+        return {"hidden_size": self.sizes.pop(0)}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+
+def test_an_extended_stage_replicates_the_new_leaders_only_and_ends_when_done():
+    """3 search trials, a 2 x 1 stage; extended to 5 (state saved and restored as Tune does):
+    the 2 new trials, then replicates of the leaders over all 5 that no stage ran yet, then
+    FINISHED."""
+    from tuning.intensify import Intensify
+
+    def run(stage, trial_ids, values):
+        for trial_id, value in zip(trial_ids, values, strict=True):
+            assert stage.suggest(trial_id) is not None
+            stage.on_trial_complete(trial_id, result={"val_f1": value})
+
+    first = Intensify(_Suggests([64, 128, 192, 256, 32]), samples=3, top=2, seeds=1)
+    run(first, ["a", "b", "c"], [0.80, 0.90, 0.85])
+    assert [first.suggest(t) for t in ("r1", "r2")] == [
+        {"hidden_size": 128, "replicate": 1}, {"hidden_size": 192, "replicate": 1}]
+    assert first.suggest("r3") == Searcher.FINISHED
+    state = first.get_state()
+    again = Intensify(first.searcher, samples=3, top=2, seeds=1)  # (unpickled as first built)
+    again.set_state(state)
+    again.extend(5)
+    run(again, ["d", "e"], [0.95, 0.70])  # 256 leads now; 128 was replicated already
+    assert again.suggest("r4") == {"hidden_size": 256, "replicate": 1}
+    assert again.suggest("r5") == Searcher.FINISHED
+    # a state saved before `replicated` existed: the replicates its queue had handed out
+    old = {k: v for k, v in state.items() if k != "replicated"}
+    restored = Intensify(first.searcher, samples=3, top=2, seeds=1)
+    restored.set_state(old)
+    assert restored.replicated == state["replicated"]

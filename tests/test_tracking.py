@@ -45,9 +45,13 @@ def _runs(uri: str, experiment: str, phase: str):
     return client, client.search_runs([exp.experiment_id], f"tags.phase = '{phase}'")
 
 
+HISTORIES = ["val_f1", "val_acc", "val_loss", "train_loss", "lr"]
+
+
 def _assert_runs_match_the_trials(uri: str, root, name: str) -> None:
-    """One run per trial, tagged with its phase: params equal to trials.csv, val_f1 history
-    equal to Tune's."""
+    """One run per trial, named trial_<id>, tagged with its phase and status: params equal to
+    trials.csv, the per-epoch histories (val macro-F1 and accuracy, losses, lr) equal to
+    Tune's."""
     table = trials_csv(root, name).set_index("trial_id")
     runs = []
     for phase in ("search", "intensify"):
@@ -59,13 +63,22 @@ def _assert_runs_match_the_trials(uri: str, root, name: str) -> None:
         trial_id = run.data.tags["trial_id"]
         row = table.loc[trial_id]
         for key in [*CONFIG_COLUMNS, "seed"]:
+            if key == "seed" and pd.isna(row[key]):  # (known from its first report: none)
+                continue
             logged, expected = run.data.params[key], row[key]
             assert (float(logged) == float(expected) if isinstance(expected, float)
                     else logged == str(expected)), (trial_id, key, logged, expected)
+        assert run.info.run_name == f"trial_{trial_id}"
         assert run.data.tags["status"] == row["status"] and run.info.status == "FINISHED"
-        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_f1")}
-        progress = pd.read_csv(root / "ray_results" / name / f"trial_{trial_id}" / "progress.csv")
-        assert history == dict(zip(progress["epoch"], progress["val_f1"])), trial_id
+        progress_csv = root / "ray_results" / name / f"trial_{trial_id}" / "progress.csv"
+        if row["epochs_run"] == 0:  # (a trial that crashed at every start reported nothing)
+            assert client.get_metric_history(run.info.run_id, "val_f1") == []
+            continue
+        progress = pd.read_csv(progress_csv)
+        for metric in HISTORIES:
+            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric)}
+            assert history == pytest.approx(dict(zip(progress["epoch"], progress[metric]))), \
+                (trial_id, metric)
 
 
 @slow
@@ -162,7 +175,9 @@ def _assert_the_registered_model_takes_texts(uri: str, root) -> None:
 
 @slow
 def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
-    """The multi-node way: an `mlflow server` (here on loopback), the search given its URL."""
+    """The multi-node way: an `mlflow server` (here on loopback), the search given its URL; a
+    trial that crashes at every start is tagged `error`, trials whose loss turns NaN
+    `diverged`; evaluate_best logs its run and registers its model on the server."""
     root = search_root(prepared_root, tmp_path / "root", with_test=False)
     port = free_port()
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
@@ -174,12 +189,27 @@ def test_a_search_logs_to_an_mlflow_tracking_server(prepared_root, tmp_path):
     uri = f"http://127.0.0.1:{port}"
     try:
         assert wait_for(lambda: answers(f"{uri}/health"), timeout=120), "mlflow server did not start"
+        # the two known-good points are the two trials: hidden 128 and hidden 192
+        faults = {"EMOTION_FAULT_CRASH_IF": "hidden_size=192", "EMOTION_FAULT_DIVERGE_EPOCH": "2"}
         proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--grace-period",
                        "2", "--name", "served", "--mlflow", uri, *SEARCH_SMALL,
-                       "--intensify-top", "1", "--intensify-seeds", "1", root=root)
+                       "--intensify-top", "1", "--intensify-seeds", "1", root=root, env=faults)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert (trials_csv(root, "served")["phase"] == "intensify").sum() == 1
-        _assert_runs_match_the_trials(uri, root, "served")
+        table = trials_csv(root, "served")
+        assert (table["phase"] == "intensify").sum() == 1
+        assert table.set_index("hidden_size")["status"].to_dict() == {128: "diverged",
+                                                                       192: "error"}
+        _assert_runs_match_the_trials(uri, root, "served")  # (tags included)
+        shutil.copy(prepared_root / "data/processed/test.parquet",
+                    root / "data/processed/test.parquet")
+        proc = run_cli("tuning.evaluate_best", "--experiment", "ray_results/served", root=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((root / "artifacts/best/metrics.json").read_text())
+        client, [evaluation] = _runs(uri, "served", "evaluate")
+        assert evaluation.data.metrics["test_accuracy"] == metrics["accuracy"]
+        assert "model.pt" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+        versions = client.search_model_versions("name = 'emotion-lstm'")
+        assert [v.run_id for v in versions] == [evaluation.info.run_id]
     finally:
         stop_group(server)  # the server and its workers
 

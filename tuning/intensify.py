@@ -43,6 +43,7 @@ class Intensify(Searcher):
         self.best: dict[str, float] = {}    # search trial id -> its best metric so far
         self.ended: set[str] = set()        # search trials that ended (completed or errored)
         self.queue: list[dict] | None = None  # the replicates still to suggest, once known
+        self.replicated: list[dict] = []      # the replicates suggested so far (every stage)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         ok = _set_search_properties_backwards_compatible(
@@ -59,8 +60,19 @@ class Intensify(Searcher):
         if self.queue is None:
             if not set(self.params) <= self.ended:
                 return None  # the leaders are known only once every search trial has ended
-            self.queue = replicates(self.params, self.best, self.top, self.seeds)
-        return self.queue.pop(0) if self.queue else Searcher.FINISHED
+            # (after an extension: the leaders an earlier stage replicated are not run again)
+            self.queue = [r for r in replicates(self.params, self.best, self.top, self.seeds)
+                          if r not in self.replicated]
+        if not self.queue:
+            return Searcher.FINISHED
+        self.replicated.append(self.queue.pop(0))
+        return self.replicated[-1]
+
+    def extend(self, samples: int) -> None:
+        """`samples` search trials instead (`--resume --samples`): the new ones, then a stage
+        over all of them, which replicates the leaders no earlier stage did."""
+        if samples > self.samples:
+            self.samples, self.queue = samples, None
 
     def _rank(self, trial_id: str, result: dict | None) -> None:
         if result and isinstance(result.get(self.metric), int | float):
@@ -88,7 +100,11 @@ class Intensify(Searcher):
         return copy.deepcopy(state)
 
     def set_state(self, state: dict) -> None:
-        self.__dict__.update(state)
+        if "replicated" not in state:  # (saved before stages could follow an extension)
+            done = [r for r in replicates(state["params"], state["best"], state["top"],
+                                          state["seeds"]) if r not in (state["queue"] or [])]
+            state = {**state, "replicated": done if state["queue"] is not None else []}
+        self.__dict__.update(copy.deepcopy(state))  # (not sharing the caller's lists)
 
 
 def config_key(config) -> str:
@@ -234,6 +250,9 @@ def stage_trials(opts: dict) -> int:
 
 def expected_trials(trials: pd.DataFrame, opts: dict) -> int:
     """How many trials a finished search has: its samples, and a replicate per further seed of
-    each leader (fewer leaders when the search had fewer distinct measured configurations)."""
+    each leader (fewer leaders when the search had fewer distinct measured configurations),
+    and the replicates an earlier stage (before an extension) ran of other configurations."""
     top, seeds = opts.get("intensify_top", 0), opts.get("intensify_seeds", 0)
-    return opts["samples"] + len(search_leaders(trials, top)) * seeds
+    leading = set(search_leaders(trials, top))
+    earlier = [k for k in config_keys(trials[trials["phase"] == INTENSIFY]) if k not in leading]
+    return opts["samples"] + len(leading) * seeds + len(earlier)

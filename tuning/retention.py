@@ -15,9 +15,9 @@ of the few trials running.
 When the search ends (`prune`):
 
   leaders  a search that ended: the best-validation checkpoint of each trial of the top
-           `LEADERS` distinct configurations by best val macro-F1 (the winner, a stage's
-           replicates of them, and what a later stage over the same trials could pick), and no
-           other. An interrupted search: unfinished trials keep all of theirs (a resume goes on
+           `LEADERS` distinct configurations by best val macro-F1 and of every replicated
+           configuration (the winner, a stage's replicates, and what a later stage over the same
+           trials could pick), and no other. An interrupted search: unfinished trials keep all of theirs (a resume goes on
            from their latest); ended trials keep their best. evaluate_best reads the winner's;
            `--reseed`, the stage and `model.train --config` read configurations, not checkpoints.
   all      nothing is deleted.
@@ -48,6 +48,9 @@ def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     # in; a trial's Tune config holds only the searched and fixed keys)
     table = table.assign(config=config_keys(table))
     leaders = set(table_leaders(table, LEADERS))  # of both phases: a replicate is a leader's
+    # and every replicated configuration (the winner is one: after an extension, an earlier
+    # stage's leader can win on its mean yet rank below 5 others by best single trial)
+    leaders |= set(table.loc[table["phase"] == "intensify", "config"])
     interrupted = (table["status"] == "unfinished").any()
     rows = table.set_index("trial_id")
     keep = {}

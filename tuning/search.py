@@ -160,14 +160,9 @@ def check_resume_flags(args, opts: dict) -> None:
 
 def extended(opts: dict, samples: int) -> dict:
     """The options of an experiment extended to `samples` search trials (--resume --samples)."""
-    from tuning.intensify import stage_trials
-
     if samples < opts["samples"]:
         raise UsageError(f"--samples {samples}: the experiment already has {opts['samples']} "
                          f"search trials; extend it with more, or resume it without --samples")
-    if stage_trials(opts):
-        raise UsageError(f"--samples {samples}: extending a search that ran an intensification "
-                         f"stage is not supported; warm-start a new one from it (--warm-start)")
     if opts.get("time_budget_s"):
         raise UsageError(f"--samples {samples}: this search ran under --time-budget-s, which "
                          f"Tune restores spent; warm-start a new one from it (--warm-start)")
@@ -280,7 +275,7 @@ def main(argv=None) -> int:
         if args.resume:
             from tuning.trainable import Extendable
 
-            Extendable.total = opts["samples"] + stage_trials(opts)  # more, if extended
+            Extendable.samples = opts["samples"]  # more, if extended
             print(f"resuming {name}: finished and errored trials are kept, unfinished ones "
                   f"continue from their last checkpoint", file=sys.stderr)
             # Errored trials stay errored: each already failed 1 + max_failures times, and the

@@ -81,14 +81,27 @@ def _diverging_loss():
 class Extendable(SearchGenerator):
     """Tune's SearchGenerator, whose number of trials a resume can raise (`--resume --samples`):
     Tune restores it with the total it was first given and never adds trials to a restored
-    experiment (ray #18847). The driver sets `Extendable.total` before `fit`."""
+    experiment (ray #18847). The driver sets `Extendable.samples` (search trials) before
+    `fit`; with a stage, its `Intensify` is extended too, and the total leaves room for the
+    replicates run so far and a full new stage (the stage says when it is done)."""
 
-    total: int | None = None
+    samples: int | None = None
 
     def set_state(self, state: dict) -> None:
+        from tuning.intensify import Intensify
+
         super().set_state(state)
-        if Extendable.total is not None and Extendable.total > self._total_samples:
-            self._total_samples, self._finished = Extendable.total, False
+        if Extendable.samples is None:
+            return
+        stage, searcher = 0, self.searcher
+        while searcher is not None:  # (ConcurrencyLimiter -> Intensify -> OptunaSearch)
+            if isinstance(searcher, Intensify):
+                searcher.extend(Extendable.samples)
+                stage = len(searcher.replicated) + searcher.top * searcher.seeds
+            searcher = getattr(searcher, "searcher", None)
+        total = Extendable.samples + stage
+        if total > self._total_samples:
+            self._total_samples, self._finished = total, False
 
 
 def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
