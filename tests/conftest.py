@@ -142,8 +142,8 @@ def start_background(cmd: list[str], **kwargs) -> subprocess.Popen:
 @pytest.fixture(autouse=True)
 def _reap_background():
     yield
-    while _BACKGROUND:
-        stop_group(_BACKGROUND.pop())
+    while _BACKGROUND:  # (what is left of a killed driver's Ray can take 20 s over SIGTERM)
+        stop_group(_BACKGROUND.pop(), grace=5)
 
 
 @pytest.fixture
