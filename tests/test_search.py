@@ -411,9 +411,21 @@ def test_kill_9_of_the_driver_twice_then_resume_accounts_for_every_trial(prepare
     after = finished_progress(exp, 3)
     for name, data in finished_before.items():
         assert after[name] == data, f"{name} finished before a kill and was run again"
-    for trial_id in table["trial_id"]:  # (a trial started after the last saved state of a
-        # killed driver is unknown to the experiment: its folder stays, and is not in the table)
-        assert_epochs(pd.read_csv(exp / f"trial_{trial_id}" / "progress.csv"), 3, trial_id)
+    from tuning.intensify import config_keys, table_leaders
+
+    keeping = set(table_leaders(table, 5)) | set(config_keys(again))  # (retention's rule)
+    for trial_id, config in zip(table["trial_id"], config_keys(table), strict=True):
+        # (a trial started after the last saved state of a killed driver is unknown to the
+        # experiment: its folder stays, and is not in the table)
+        progress = pd.read_csv(exp / f"trial_{trial_id}" / "progress.csv")
+        assert_epochs(progress, 3, trial_id)
+        # its best epoch's checkpoint, though that epoch may have come before a kill
+        kept = list((exp / f"trial_{trial_id}").glob("checkpoint_*"))
+        if config in keeping:
+            best = progress.drop_duplicates("epoch").set_index("epoch")["val_f1"].idxmax()
+            assert [load_checkpoint(k / "state.pt")["epoch"] for k in kept] == [best], trial_id
+        else:
+            assert kept == [], trial_id
     # the stored study ends as trials.csv says, though a resumed trial may have finished there
     # before the kill
     assert_study_matches_trials_csv(study_by_trial(f"sqlite:///{root / 'optuna.db'}", "killed"),

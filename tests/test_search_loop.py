@@ -249,22 +249,33 @@ def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepare
     assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), after)
 
 
-class _Checkpoint:
-    def __init__(self, path: str):
-        self.path = path
+def _tune_trial(trial_id: str, folder, values: list[float], storage=None):
+    """A trial as retention reads it: its id and config, and Tune's own record of its
+    checkpoints (a real checkpoint manager, checkpoint_000000.. scored by val_f1)."""
+    from types import SimpleNamespace
+
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    manager = _CheckpointManager(tune.CheckpointConfig(
+        num_to_keep=None, checkpoint_score_attribute="val_f1", checkpoint_score_order="max"))
+    for epoch, value in enumerate(values):
+        manager.register_checkpoint(_TrainingResult(
+            checkpoint=tune.Checkpoint(f"{folder}/checkpoint_00000{epoch}"),
+            metrics={"val_f1": value, "epoch": epoch + 1}))
+    # (a Tune config holds only the searched keys: here none of trials.csv's columns)
+    return SimpleNamespace(trial_id=trial_id, config={"epochs": 3}, storage=storage,
+                           run_metadata=SimpleNamespace(checkpoint_manager=manager))
 
 
 class _Analysis:
-    """What retention reads of an ExperimentAnalysis: trials and each one's best checkpoint."""
+    """What retention reads of an ExperimentAnalysis: its trials."""
 
     def __init__(self, table: pd.DataFrame):
-        # (a Tune config holds only the searched keys: here none of trials.csv's columns)
-        self.trials = [type("T", (), {"trial_id": r["trial_id"], "config": {"epochs": 3}})()
+        self.trials = [_tune_trial(r["trial_id"], f"/x/trial_{r['trial_id']}",
+                                   [] if r["status"] == "error" else [0.1, r["best_val_f1"]])
                        for _, r in table.iterrows()]
-
-    def get_best_checkpoint(self, trial, metric, mode):
-        assert (metric, mode) == ("val_f1", "max")
-        return _Checkpoint(f"/x/trial_{trial.trial_id}/checkpoint_best")
 
 
 def test_an_ended_search_keeps_the_best_checkpoint_of_its_five_leading_configurations():
@@ -278,6 +289,7 @@ def test_an_ended_search_keeps_the_best_checkpoint_of_its_five_leading_configura
     keep = kept_checkpoints(_Analysis(table), table)
     leaders = {"t70", "t70b", "t60", "t50", "t40", "t30"}  # the top 5 configurations' trials
     assert {t for t, path in keep.items() if path} == leaders
+    assert keep["t70"] == "/x/trial_t70/checkpoint_000001"  # its best epoch's
     assert keep["t20"] is None and keep["t10"] is None and keep["t5"] is None
     # interrupted: the unfinished trial keeps all of its (absent here); every ended one its best
     table.loc[table["trial_id"] == "t10", "status"] = "unfinished"
@@ -392,27 +404,28 @@ def test_asha_rungs_are_refilled_from_the_restored_searcher_after_a_resume():
 
 def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_path):
     """While the search runs: once every saved experiment state knows a trial ended (two saves
-    after it did), it keeps its best checkpoint only; a running trial keeps all of its."""
+    after it did), it keeps its best checkpoint only, by Tune's record of its checkpoints (which
+    a resume restores: a trial resumed after a kill -9 may have had its best epoch before it,
+    unseen by this driver); a running trial keeps all of its."""
+    from types import SimpleNamespace
+
     import pyarrow.fs as pafs
 
     from tuning.retention import Retention
 
-    class Storage:
-        def __init__(self, folder):
-            self.storage_filesystem, self.trial_fs_path = pafs.LocalFileSystem(), str(folder)
+    def trial(trial_id, values):
+        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
+                                  trial_fs_path=str(tmp_path / trial_id))
+        for epoch in range(len(values)):
+            (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
+        return _tune_trial(trial_id, tmp_path / trial_id, values, storage)
 
-    class Trial:
-        def __init__(self, trial_id):
-            self.trial_id, self.storage = trial_id, Storage(tmp_path / trial_id)
-
-    ended, running = Trial("ended"), Trial("running")
+    ended, running = trial("ended", [0.5, 0.8, 0.7]), trial("running", [0.5, 0.8, 0.7])
+    resumed = trial("resumed", [0.9, 0.8, 0.7])  # its best epoch came before a kill -9
     retention = Retention()
-    for trial in (ended, running):
-        for epoch, f1 in enumerate([0.5, 0.8, 0.7]):
-            (tmp_path / trial.trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
-            retention.on_trial_result(epoch, [], trial, {"val_f1": f1, "checkpoint_dir_name":
-                                                         f"checkpoint_00000{epoch}"})
+    retention.setup()  # (the resumed driver: it saw none of their results)
     retention.on_trial_complete(3, [], ended)
+    retention.on_trial_complete(3, [], resumed)
 
     def kept(trial):
         return sorted(p.name for p in (tmp_path / trial.trial_id).iterdir())
@@ -422,6 +435,7 @@ def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_pat
     assert kept(ended) == everything
     retention.get_state()
     assert kept(ended) == ["checkpoint_000001"]  # its best (val_f1 0.8), not its last
+    assert kept(resumed) == ["checkpoint_000000"]
     assert kept(running) == everything
 
 

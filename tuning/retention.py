@@ -8,7 +8,10 @@ a bucket alike):
 
 While the search runs (`Retention`, a Tune callback): a trial that has ended (completed, cut,
 errored) keeps only its best-validation checkpoint, pruned two experiment-state snapshots after
-it ended, when every saved state already says it ended (no resume will want its latest).
+it ended, when every saved state already says it ended (no resume will want its latest). Its
+best is read off Tune's own record of its checkpoints (restored with the experiment), not off
+the results this driver saw: a trial resumed after a kill -9 may have had its best epoch
+before.
 Running trials keep theirs. So the search holds one checkpoint per ended trial and every epoch's
 of the few trials running.
 
@@ -23,6 +26,8 @@ When the search ends (`prune`):
   all      nothing is deleted.
 """
 from __future__ import annotations
+
+import math
 
 import pyarrow.fs as pafs
 from ray.tune import Callback
@@ -39,6 +44,18 @@ def _checkpoint_dirs(storage, name: str, trial_id: str) -> list[str]:
                                                        allow_not_found=True))
     return sorted(i.path for i in infos
                   if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+
+
+def best_checkpoint_path(trial) -> str | None:
+    """The trial's best-validation checkpoint as Tune records it (its checkpoint manager, which
+    a resume restores with the experiment: epochs from before a kill -9 included), by the rule
+    of `ExperimentAnalysis.get_best_checkpoint`, which evaluate_best reads: the highest val_f1,
+    NaN left out, the first of equals."""
+    scored = [(r.checkpoint.path, r.metrics.get(METRIC)) for r in
+              trial.run_metadata.checkpoint_manager.best_checkpoint_results]
+    scored = [(path, v) for path, v in scored if isinstance(v, int | float) and not math.isnan(v)]
+    sign = 1 if MODE == "max" else -1
+    return max(scored, key=lambda s: sign * s[1])[0] if scored else None
 
 
 def kept_checkpoints(analysis, table) -> dict[str, str | None]:
@@ -58,8 +75,7 @@ def kept_checkpoints(analysis, table) -> dict[str, str | None]:
         if trial.trial_id not in rows.index or rows.at[trial.trial_id, "status"] == "unfinished":
             continue
         wanted = interrupted or rows.at[trial.trial_id, "config"] in leaders
-        best = analysis.get_best_checkpoint(trial, METRIC, MODE) if wanted else None
-        keep[trial.trial_id] = best.path if best is not None else None
+        keep[trial.trial_id] = best_checkpoint_path(trial) if wanted else None
     return keep
 
 
@@ -67,13 +83,20 @@ def prune(storage, name: str, analysis, table) -> tuple[int, int]:
     """Delete what `kept_checkpoints` does not keep. Returns (checkpoints kept, deleted)."""
     kept = deleted = 0
     for trial_id, keep in kept_checkpoints(analysis, table).items():
-        for path in _checkpoint_dirs(storage, name, trial_id):
-            if path.rstrip("/") == (keep or "").rstrip("/"):
+        paths = _checkpoint_dirs(storage, name, trial_id)
+        if keep is not None and _base(keep) not in {_base(p) for p in paths}:
+            continue  # (never leave a trial that should keep a checkpoint with none)
+        for path in paths:
+            if _base(path) == _base(keep or ""):
                 kept += 1
                 continue
             storage.fs.delete_dir(path)
             deleted += 1
     return kept, deleted
+
+
+def _base(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 class Retention(Callback):
@@ -83,18 +106,11 @@ class Retention(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.best: dict[str, tuple[float, str]] = {}  # trial id -> (best val_f1, its checkpoint)
         self.ended: dict[str, tuple[object, int]] = {}  # trial id -> (trial, snapshot it ended at)
         self.snapshots = 0
 
     def setup(self, **info) -> None:
         self._reset()  # (a resumed search unpickles this callback with the last run's state)
-
-    def on_trial_result(self, iteration: int, trials, trial, result: dict, **info) -> None:
-        value, folder = result.get(METRIC), result.get("checkpoint_dir_name")
-        best = self.best.get(trial.trial_id)
-        if isinstance(value, int | float) and folder and (best is None or value > best[0]):
-            self.best[trial.trial_id] = (float(value), folder)
 
     def on_trial_complete(self, iteration: int, trials, trial, **info) -> None:
         self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
@@ -113,12 +129,20 @@ class Retention(Callback):
         # (stateless: a resumed search prunes what is left when it ends)
 
     def _prune(self, trial) -> None:
-        best = self.best.pop(trial.trial_id, (None, None))[1]
+        # Tune's record, not the results this driver saw: a trial resumed after a kill may have
+        # had its best epoch before it
+        best = best_checkpoint_path(trial)
+        if best is None:
+            return
         try:
             fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-                if (info.type == pafs.FileType.Directory and info.base_name != best
-                        and info.base_name.startswith(CHECKPOINT_PREFIX)):
+            found = [i for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                     if i.type == pafs.FileType.Directory
+                     and i.base_name.startswith(CHECKPOINT_PREFIX)]
+            if _base(best) not in {i.base_name for i in found}:
+                return  # (never leave it with none)
+            for info in found:
+                if info.base_name != _base(best):
                     fs.delete_dir(info.path)
         except OSError:  # a bucket hiccup: what is left is pruned when the search ends
             pass
