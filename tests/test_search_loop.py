@@ -404,7 +404,7 @@ def test_asha_rungs_are_refilled_from_the_restored_searcher_after_a_resume():
 
 def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_path):
     """While the search runs: once every saved experiment state knows a trial ended (two saves
-    after it did), it keeps its best checkpoint only, by Tune's record of its checkpoints (which
+    after it did, and the state saved in the storage says so), it keeps its best checkpoint only, by Tune's record of its checkpoints (which
     a resume restores: a trial resumed after a kill -9 may have had its best epoch before it,
     unseen by this driver); a running trial keeps all of its."""
     from types import SimpleNamespace
@@ -415,7 +415,8 @@ def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_pat
 
     def trial(trial_id, values):
         storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
-                                  trial_fs_path=str(tmp_path / trial_id))
+                                  trial_fs_path=str(tmp_path / trial_id),
+                                  experiment_fs_path=str(tmp_path))
         for epoch in range(len(values)):
             (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
         return _tune_trial(trial_id, tmp_path / trial_id, values, storage)
@@ -430,9 +431,21 @@ def test_an_ended_trial_is_pruned_to_its_best_checkpoint_two_saves_later(tmp_pat
     def kept(trial):
         return sorted(p.name for p in (tmp_path / trial.trial_id).iterdir())
 
+    def saved_state(statuses: dict[str, str]) -> None:  # (as Tune writes it, in storage)
+        trial_data = [[json.dumps({"trial_id": t, "status": s}), "{}"]
+                      for t, s in statuses.items()]
+        (tmp_path / "experiment_state-2026-11-30_00-00-00.json").write_text(
+            json.dumps({"trial_data": trial_data}))
+
     everything = ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+    saved_state({"ended": "RUNNING", "resumed": "RUNNING", "running": "RUNNING"})
     retention.get_state()  # a save that may have begun before the trial ended: nothing yet
     assert kept(ended) == everything
+    # the second save, but its upload has not reached the storage yet (skipped, or slow): a
+    # resume after kill -9 would read a state in which they still run
+    retention.get_state()
+    assert kept(ended) == everything and kept(resumed) == everything
+    saved_state({"ended": "TERMINATED", "resumed": "TERMINATED", "running": "RUNNING"})
     retention.get_state()
     assert kept(ended) == ["checkpoint_000001"]  # its best (val_f1 0.8), not its last
     assert kept(resumed) == ["checkpoint_000000"]

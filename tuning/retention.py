@@ -8,7 +8,8 @@ a bucket alike):
 
 While the search runs (`Retention`, a Tune callback): a trial that has ended (completed, cut,
 errored) keeps only its best-validation checkpoint, pruned two experiment-state snapshots after
-it ended, when every saved state already says it ended (no resume will want its latest). Its
+it ended and once the state saved in the storage (uploaded in the background to a bucket) says
+it ended: no resume will want its latest. Its
 best is read off Tune's own record of its checkpoints (restored with the experiment), not off
 the results this driver saw: a trial resumed after a kill -9 may have had its best epoch
 before.
@@ -27,6 +28,7 @@ When the search ends (`prune`):
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow.fs as pafs
@@ -95,6 +97,24 @@ def prune(storage, name: str, analysis, table) -> tuple[int, int]:
     return kept, deleted
 
 
+def saved_as_ended(fs, experiment: str) -> set[str]:
+    """The trials that the experiment state saved in the storage (the newest
+    experiment_state-*.json: what `Tuner.restore` reads) has as TERMINATED or ERROR; none when it
+    cannot be read yet."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
+        states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
+                        and i.base_name.endswith(".json"))
+        if not states:
+            return set()
+        with fs.open_input_stream(states[-1]) as f:
+            saved = json.loads(f.read())
+        trials = (json.loads(data) for data, _ in saved["trial_data"])
+        return {t["trial_id"] for t in trials if t.get("status") in ("TERMINATED", "ERROR")}
+    except (OSError, ValueError, KeyError, TypeError):  # (a bucket hiccup: next save)
+        return set()
+
+
 def _base(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
@@ -119,13 +139,19 @@ class Retention(Callback):
         self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
 
     def get_state(self) -> None:
-        """Called as Tune saves the experiment state: the moment to prune the trials that every
-        saved state knows as ended (ended before the previous save began)."""
+        """Called as Tune saves the experiment state (into the driver's staging folder, which a
+        background upload then copies to a bucket, skipping a round while the last one runs):
+        the moment to prune the trials that ended before the previous save began, once the
+        state saved in the storage itself, which a resume after kill -9 reads, says so."""
         self.snapshots += 1
-        for trial_id, (trial, at) in list(self.ended.items()):
-            if at <= self.snapshots - 2:
-                del self.ended[trial_id]
-                self._prune(trial)
+        due = {t: trial for t, (trial, at) in self.ended.items() if at <= self.snapshots - 2}
+        if not due:
+            return
+        storage = next(iter(due.values())).storage
+        for trial_id in due.keys() & saved_as_ended(storage.storage_filesystem,
+                                                    storage.experiment_fs_path):
+            del self.ended[trial_id]
+            self._prune(due[trial_id])
         # (stateless: a resumed search prunes what is left when it ends)
 
     def _prune(self, trial) -> None:
