@@ -96,6 +96,8 @@ class Extendable(SearchGenerator):
         stage, searcher = 0, self.searcher
         while searcher is not None:  # (ConcurrencyLimiter -> Intensify -> OptunaSearch)
             if isinstance(searcher, Intensify):
+                if Extendable.samples <= searcher.samples:
+                    return  # not extended: the total Tune restored stands
                 searcher.extend(Extendable.samples)
                 stage = len(searcher.replicated) + searcher.top * searcher.seeds
             searcher = getattr(searcher, "searcher", None)
