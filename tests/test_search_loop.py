@@ -249,7 +249,7 @@ def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepare
     assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), after)
 
 
-def _tune_trial(trial_id: str, folder, values: list[float], storage=None):
+def _tune_trial(trial_id: str, folder, values: list[float], storage=None, config=None):
     """A trial as retention reads it: its id and config, and Tune's own record of its
     checkpoints (a real checkpoint manager, checkpoint_000000.. scored by val_f1)."""
     from types import SimpleNamespace
@@ -265,7 +265,7 @@ def _tune_trial(trial_id: str, folder, values: list[float], storage=None):
             checkpoint=tune.Checkpoint(f"{folder}/checkpoint_00000{epoch}"),
             metrics={"val_f1": value, "epoch": epoch + 1}))
     # (a Tune config holds only the searched keys: here none of trials.csv's columns)
-    return SimpleNamespace(trial_id=trial_id, config={"epochs": 3}, storage=storage,
+    return SimpleNamespace(trial_id=trial_id, config=config or {"epochs": 3}, storage=storage,
                            run_metadata=SimpleNamespace(checkpoint_manager=manager))
 
 
@@ -494,3 +494,52 @@ def test_an_extended_stage_replicates_the_new_leaders_only_and_ends_when_done():
     restored = Intensify(first.searcher, samples=3, top=2, seeds=1)
     restored.set_state(old)
     assert restored.replicated == state["replicated"]
+
+
+def test_while_running_only_the_top_configurations_so_far_keep_a_checkpoint(tmp_path):
+    """Ended trials outside the top 5 configurations so far (ties kept) keep no checkpoint,
+    unless a stage replicated their configuration; a kept one that falls out of the top later
+    is emptied then. So the search holds about 5 trials' best, whatever its samples."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from tuning.retention import Retention
+
+    def trial(trial_id, hidden, best, replicate=0):
+        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
+                                  trial_fs_path=str(tmp_path / trial_id),
+                                  experiment_fs_path=str(tmp_path))
+        for epoch in range(2):
+            (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
+        return _tune_trial(trial_id, tmp_path / trial_id, [best - 0.1, best], storage,
+                           {"hidden_size": hidden, "epochs": 2, "replicate": replicate})
+
+    def save(retention, trials):  # Tune's saves, the storage's state saying they ended
+        (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [
+            [json.dumps({"trial_id": t.trial_id, "status": "TERMINATED"}), "{}"]
+            for t in trials]}))
+        for _ in range(2):
+            retention.get_state()
+
+    def kept(trial_id):
+        return sorted(p.name for p in (tmp_path / trial_id).iterdir())
+
+    # hidden 10..70, val_f1 rising with it
+    trials = [trial(f"t{h}", h, h / 100) for h in range(10, 80, 10)]
+    trials.append(trial("t31", 31, 0.30))  # ties t30 at the edge of the top 5
+    replicate = trial("r10", 10, 0.5, replicate=1)  # a stage replicated hidden 10
+    retention = Retention(top=2)  # (at least 5: LEADERS)
+    for t in trials:
+        retention.on_trial_complete(0, [*trials, replicate], t)
+    save(retention, trials)
+    best_only = ["checkpoint_000001"]
+    for h in (70, 60, 50, 40, 30, 31, 10):  # top 5 and the tie at the edge; the replicated one
+        assert kept(f"t{h}") == best_only, h
+    assert kept("t20") == []
+    # a better trial: hidden 30 and 31 fall out of the top 5 and are emptied
+    better = trial("t80", 80, 0.80)
+    retention.on_trial_complete(0, [*trials, replicate, better], better)
+    save(retention, [*trials, better])
+    assert kept("t30") == [] and kept("t31") == [] and kept("t40") == best_only
+    assert kept("t80") == best_only and kept("t10") == best_only

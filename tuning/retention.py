@@ -7,14 +7,16 @@ snapshot resumes a trial from after a kill -9. So, through the storage's filesys
 a bucket alike):
 
 While the search runs (`Retention`, a Tune callback): a trial that has ended (completed, cut,
-errored) keeps only its best-validation checkpoint, pruned two experiment-state snapshots after
-it ended and once the state saved in the storage (uploaded in the background to a bucket) says
-it ended: no resume will want its latest. Its
-best is read off Tune's own record of its checkpoints (restored with the experiment), not off
-the results this driver saw: a trial resumed after a kill -9 may have had its best epoch
-before.
-Running trials keep theirs. So the search holds one checkpoint per ended trial and every epoch's
-of the few trials running.
+errored) is pruned two experiment-state snapshots after it ended and once the state saved in
+the storage (uploaded in the background, even to a local folder) says it ended, so that no
+resume will want its latest. It then keeps its best-validation checkpoint if its configuration
+is among the top `max(LEADERS, --intensify-top)` distinct ones of the trials ended so far (ties
+at the edge kept) or has been replicated by a stage, and none otherwise; a kept trial that
+falls out of that top later is emptied then. (A trial outside the top of the trials ended so
+far is outside the top of all of them; a stage's leaders are in it.) Its best is Tune's own
+record of its checkpoints (restored with the experiment), not the results this driver saw: a
+trial resumed after a kill -9 may have had its best epoch before. Running trials keep every
+epoch's. So the search holds the few running trials' checkpoints and about `LEADERS` others.
 
 When the search ends (`prune`):
 
@@ -34,7 +36,8 @@ import math
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from tuning.intensify import config_keys, table_leaders
+from model.config import REPLICATE_KEY
+from tuning.intensify import config_key, config_keys, leaders, table_leaders
 from tuning.outcome import METRIC, MODE
 
 LEADERS = 5
@@ -119,24 +122,52 @@ def _base(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-class Retention(Callback):
-    """Prunes each ended trial to its best-validation checkpoint while the search runs."""
+def best_value(trial) -> float | None:
+    """The best val_f1 of the trial's checkpoints, as Tune records them."""
+    values = [r.metrics.get(METRIC) for r in
+              trial.run_metadata.checkpoint_manager.best_checkpoint_results]
+    values = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+    return max(values) if values else None
 
-    def __init__(self):
+
+class Retention(Callback):
+    """Prunes the ended trials' checkpoints while the search runs (the module's docstring)."""
+
+    def __init__(self, top: int = LEADERS):
+        self.top = max(LEADERS, top)
         self._reset()
 
     def _reset(self) -> None:
         self.ended: dict[str, tuple[object, int]] = {}  # trial id -> (trial, snapshot it ended at)
+        self.settled: dict[str, object] = {}  # ended, and saved as ended in the storage
+        self.trimmed: set[str] = set()  # pruned to their best
+        self.emptied: set[str] = set()  # pruned to none
+        self.trials: list = []  # every trial of the experiment (Tune's own list)
         self.snapshots = 0
 
     def setup(self, **info) -> None:
         self._reset()  # (a resumed search unpickles this callback with the last run's state)
 
     def on_trial_complete(self, iteration: int, trials, trial, **info) -> None:
+        self.trials = trials
         self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
 
     def on_trial_error(self, iteration: int, trials, trial, **info) -> None:
+        self.trials = trials
         self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
+
+    def _keeping(self) -> set[str]:
+        """The configurations whose ended trials keep their best checkpoint for now."""
+        ended = [t for t, _ in self.ended.values()] + list(self.settled.values())
+        params = {t.trial_id: t.config for t in ended}
+        best = {t.trial_id: v for t in ended if (v := best_value(t)) is not None}
+        top = leaders(params, best, self.top)
+        edge = min((best[t] for t in best if config_key(params[t]) in
+                    {config_key(p) for p in top}), default=math.inf)
+        keep = {config_key(p) for p in top} | {config_key(params[t]) for t in best
+                                               if best[t] >= edge}  # (ties at the edge)
+        return keep | {config_key(t.config) for t in self.trials
+                       if t.config.get(REPLICATE_KEY, 0)}
 
     def get_state(self) -> None:
         """Called as Tune saves the experiment state (into the driver's staging folder, which a
@@ -145,30 +176,40 @@ class Retention(Callback):
         state saved in the storage itself, which a resume after kill -9 reads, says so."""
         self.snapshots += 1
         due = {t: trial for t, (trial, at) in self.ended.items() if at <= self.snapshots - 2}
-        if not due:
+        if due:
+            storage = next(iter(due.values())).storage
+            for trial_id in due.keys() & saved_as_ended(storage.storage_filesystem,
+                                                        storage.experiment_fs_path):
+                del self.ended[trial_id]
+                self.settled[trial_id] = due[trial_id]
+        if not self.settled:
             return
-        storage = next(iter(due.values())).storage
-        for trial_id in due.keys() & saved_as_ended(storage.storage_filesystem,
-                                                    storage.experiment_fs_path):
-            del self.ended[trial_id]
-            self._prune(due[trial_id])
+        keeping = self._keeping()
+        for trial_id, trial in list(self.settled.items()):
+            if config_key(trial.config) in keeping:
+                if trial_id not in self.trimmed:
+                    self._prune(trial, to_best=True)
+                    self.trimmed.add(trial_id)
+            elif trial_id not in self.emptied:  # (out of the top, now or since)
+                self._prune(trial, to_best=False)
+                self.emptied.add(trial_id)
         # (stateless: a resumed search prunes what is left when it ends)
 
-    def _prune(self, trial) -> None:
+    def _prune(self, trial, to_best: bool) -> None:
         # Tune's record, not the results this driver saw: a trial resumed after a kill may have
         # had its best epoch before it
-        best = best_checkpoint_path(trial)
-        if best is None:
+        best = best_checkpoint_path(trial) if to_best else None
+        if to_best and best is None:
             return
         try:
             fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             found = [i for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
                      if i.type == pafs.FileType.Directory
                      and i.base_name.startswith(CHECKPOINT_PREFIX)]
-            if _base(best) not in {i.base_name for i in found}:
+            if to_best and _base(best) not in {i.base_name for i in found}:
                 return  # (never leave it with none)
             for info in found:
-                if info.base_name != _base(best):
+                if not to_best or info.base_name != _base(best):
                     fs.delete_dir(info.path)
         except OSError:  # a bucket hiccup: what is left is pruned when the search ends
             pass

@@ -152,7 +152,7 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     if opts.get("keep_checkpoints", "all") != "all":
         from tuning.retention import Retention
 
-        callbacks.append(Retention())
+        callbacks.append(Retention(top=opts.get("intensify_top", 0)))
     if opts.get("mlflow"):  # Tune pickles its callbacks with the experiment: a resume keeps them
         from tuning.tracking import TrialRuns
 
