@@ -56,11 +56,16 @@ def best_checkpoint_path(trial) -> str | None:
     a resume restores with the experiment: epochs from before a kill -9 included), by the rule
     of `ExperimentAnalysis.get_best_checkpoint`, which evaluate_best reads: the highest val_f1,
     NaN left out, the first of equals."""
-    scored = [(r.checkpoint.path, r.metrics.get(METRIC)) for r in
-              trial.run_metadata.checkpoint_manager.best_checkpoint_results]
-    scored = [(path, v) for path, v in scored if isinstance(v, int | float) and not math.isnan(v)]
+    scored = _scored(trial)
     sign = 1 if MODE == "max" else -1
     return max(scored, key=lambda s: sign * s[1])[0] if scored else None
+
+
+def _scored(trial) -> list[tuple[str, float]]:
+    """(path, val_f1) of each checkpoint Tune recorded for the trial, NaN left out."""
+    scored = [(r.checkpoint.path, r.metrics.get(METRIC)) for r in
+              trial.run_metadata.checkpoint_manager.best_checkpoint_results]
+    return [(path, v) for path, v in scored if isinstance(v, int | float) and not math.isnan(v)]
 
 
 def kept_checkpoints(analysis, table) -> dict[str, str | None]:
@@ -69,17 +74,17 @@ def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     # (configurations compared as trials.csv has them: every hyperparameter, defaults filled
     # in; a trial's Tune config holds only the searched and fixed keys)
     table = table.assign(config=config_keys(table))
-    leaders = set(table_leaders(table, LEADERS))  # of both phases: a replicate is a leader's
+    keeping = set(table_leaders(table, LEADERS))  # of both phases: a replicate is a leader's
     # and every replicated configuration (the winner is one: after an extension, an earlier
     # stage's leader can win on its mean yet rank below 5 others by best single trial)
-    leaders |= set(table.loc[table["phase"] == "intensify", "config"])
+    keeping |= set(table.loc[table["phase"] == "intensify", "config"])
     interrupted = (table["status"] == "unfinished").any()
     rows = table.set_index("trial_id")
     keep = {}
     for trial in analysis.trials:
         if trial.trial_id not in rows.index or rows.at[trial.trial_id, "status"] == "unfinished":
             continue
-        wanted = interrupted or rows.at[trial.trial_id, "config"] in leaders
+        wanted = interrupted or rows.at[trial.trial_id, "config"] in keeping
         keep[trial.trial_id] = best_checkpoint_path(trial) if wanted else None
     return keep
 
@@ -124,10 +129,7 @@ def _base(path: str) -> str:
 
 def best_value(trial) -> float | None:
     """The best val_f1 of the trial's checkpoints, as Tune records them."""
-    values = [r.metrics.get(METRIC) for r in
-              trial.run_metadata.checkpoint_manager.best_checkpoint_results]
-    values = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
-    return max(values) if values else None
+    return max((v for _, v in _scored(trial)), default=None)
 
 
 class Retention(Callback):
