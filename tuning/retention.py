@@ -44,11 +44,21 @@ LEADERS = 5
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
-def _checkpoint_dirs(storage, name: str, trial_id: str) -> list[str]:
-    infos = storage.fs.get_file_info(pafs.FileSelector(storage.path(name, f"trial_{trial_id}"),
-                                                       allow_not_found=True))
-    return sorted(i.path for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+def trim(fs, trial_folder: str, keep: str | None) -> tuple[int, int]:
+    """Delete the checkpoint folders in a trial's folder (on the storage's filesystem) except
+    `keep` (a path or a base name; None: delete them all). Deletes nothing if `keep` is not
+    there: a trial that should keep a checkpoint is never left with none. Returns (kept,
+    deleted)."""
+    infos = fs.get_file_info(pafs.FileSelector(trial_folder, allow_not_found=True))
+    found = [i for i in infos
+             if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+    wanted = keep.rstrip("/").rsplit("/", 1)[-1] if keep is not None else None
+    if wanted is not None and wanted not in {i.base_name for i in found}:
+        return 0, 0
+    for info in found:
+        if info.base_name != wanted:
+            fs.delete_dir(info.path)
+    return int(wanted is not None), len(found) - int(wanted is not None)
 
 
 def best_checkpoint_path(trial) -> str | None:
@@ -93,15 +103,8 @@ def prune(storage, name: str, analysis, table) -> tuple[int, int]:
     """Delete what `kept_checkpoints` does not keep. Returns (checkpoints kept, deleted)."""
     kept = deleted = 0
     for trial_id, keep in kept_checkpoints(analysis, table).items():
-        paths = _checkpoint_dirs(storage, name, trial_id)
-        if keep is not None and _base(keep) not in {_base(p) for p in paths}:
-            continue  # (never leave a trial that should keep a checkpoint with none)
-        for path in paths:
-            if _base(path) == _base(keep or ""):
-                kept += 1
-                continue
-            storage.fs.delete_dir(path)
-            deleted += 1
+        k, d = trim(storage.fs, storage.path(name, f"trial_{trial_id}"), keep)
+        kept, deleted = kept + k, deleted + d
     return kept, deleted
 
 
@@ -121,10 +124,6 @@ def saved_as_ended(fs, experiment: str) -> set[str]:
         return {t["trial_id"] for t in trials if t.get("status") in ("TERMINATED", "ERROR")}
     except (OSError, ValueError, KeyError, TypeError):  # (a bucket hiccup: next save)
         return set()
-
-
-def _base(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def best_value(trial) -> float | None:
@@ -163,13 +162,12 @@ class Retention(Callback):
         ended = [t for t, _ in self.ended.values()] + list(self.settled.values())
         params = {t.trial_id: t.config for t in ended}
         best = {t.trial_id: v for t in ended if (v := best_value(t)) is not None}
-        top = leaders(params, best, self.top)
-        edge = min((best[t] for t in best if config_key(params[t]) in
-                    {config_key(p) for p in top}), default=math.inf)
-        keep = {config_key(p) for p in top} | {config_key(params[t]) for t in best
-                                               if best[t] >= edge}  # (ties at the edge)
-        return keep | {config_key(t.config) for t in self.trials
-                       if t.config.get(REPLICATE_KEY, 0)}
+        top = {config_key(p) for p in leaders(params, best, self.top)}
+        edge = min((v for t, v in best.items() if config_key(params[t]) in top), default=math.inf)
+        # the top and any configuration tied with its last one
+        leading = {config_key(params[t]) for t, v in best.items() if v >= edge}
+        replicated = {config_key(t.config) for t in self.trials if t.config.get(REPLICATE_KEY, 0)}
+        return leading | replicated
 
     def get_state(self) -> None:
         """Called as Tune saves the experiment state (into the driver's staging folder, which a
@@ -204,14 +202,6 @@ class Retention(Callback):
         if to_best and best is None:
             return
         try:
-            fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-            found = [i for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-                     if i.type == pafs.FileType.Directory
-                     and i.base_name.startswith(CHECKPOINT_PREFIX)]
-            if to_best and _base(best) not in {i.base_name for i in found}:
-                return  # (never leave it with none)
-            for info in found:
-                if not to_best or info.base_name != _base(best):
-                    fs.delete_dir(info.path)
+            trim(trial.storage.storage_filesystem, trial.storage.trial_fs_path, best)
         except OSError:  # a bucket hiccup: what is left is pruned when the search ends
             pass
