@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from model.config import TrainConfig
-from model.network import EmotionClassifier
 from plumbing.errors import DataError
 from plumbing.files import atomic_path
 
@@ -43,12 +42,13 @@ def check_checkpoint(state: dict, vocab_sha256: str, cfg: TrainConfig | None = N
     if state["vocab_sha256"] != vocab_sha256:
         raise CheckpointError("checkpoint was trained with another vocab than artifacts/vocab.json "
                               "(the data was rebuilt differently since): retrain or rebuild")
-    if cfg is not None and state["config"] != cfg.to_flat():
+    # (through from_flat: a config saved before families has no `family`, an rnn's)
+    if cfg is not None and TrainConfig.from_flat(state["config"]).to_flat() != cfg.to_flat():
         raise CheckpointError("checkpoint's config differs from the run being resumed")
 
 
-def model_from_checkpoint(state: dict) -> EmotionClassifier:
-    model = EmotionClassifier(state["vocab_size"], TrainConfig.from_flat(state["config"]).model)
+def model_from_checkpoint(state: dict) -> torch.nn.Module:
+    model = TrainConfig.from_flat(state["config"]).network(state["vocab_size"])
     model.load_state_dict(state["model"])
     return model.eval()
 

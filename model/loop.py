@@ -20,7 +20,6 @@ from torch import nn
 from model.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 from model.config import TrainConfig
 from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, eval_batches
-from model.network import EmotionClassifier
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +104,7 @@ def train_epochs(config: TrainConfig | dict, splits: Splits, *,
     torch.set_num_threads(run.threads)
     seed_everything(run.seed)
     device = torch.device(run.device)
-    model = EmotionClassifier(splits.vocab_size, cfg.model).to(device)
+    model = cfg.network(splits.vocab_size).to(device)
     # fused: one kernel for the whole update (the dense embedding gradient makes it large)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay,
                                   fused=True)

@@ -1,18 +1,39 @@
-"""EmotionClassifier: embedding -> (Bi)LSTM/GRU over packed sequences -> pooling -> linear."""
+"""The `rnn` family: embedding -> (Bi)LSTM/GRU over packed sequences -> pooling -> linear.
+
+The harness's first model and its default. A family is a module like this one: a typed config
+section (`RNNConfig`) and a network taking (tokens, lengths) to logits; model/config.py's
+FAMILIES names them (the README's Architecture section lists the steps)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.config import ModelConfig
+from model.fields import Checked, flag, in_range, one_of
 
 NUM_CLASSES = 6
 RNN_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU}
+POOLINGS = ("last", "mean", "max")
 
 
-class EmotionClassifier(nn.Module):
-    def __init__(self, vocab_size: int, config: ModelConfig, num_classes: int = NUM_CLASSES):
+@dataclass(frozen=True)
+class RNNConfig(Checked):
+    """embedding -> (Bi)LSTM/GRU -> pooling -> dropout -> linear."""
+    rnn: str = one_of("lstm", tuple(RNN_LAYERS))
+    embedding_dim: int = in_range(128, 1, 4096)
+    hidden_size: int = in_range(128, 1, 4096)
+    num_layers: int = in_range(1, 1, 8)
+    bidirectional: bool = flag(True)
+    pooling: str = one_of("max", POOLINGS)
+    embedding_dropout: float = in_range(0.1, 0.0, 0.95)
+    rnn_dropout: float = in_range(0.0, 0.0, 0.95)  # between stacked layers (needs num_layers > 1)
+    dropout: float = in_range(0.3, 0.0, 0.95)      # before the output layer
+
+
+class RNNClassifier(nn.Module):
+    def __init__(self, vocab_size: int, config: RNNConfig, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.pooling = config.pooling
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
@@ -47,8 +68,17 @@ class EmotionClassifier(nn.Module):
             return h_n[-1]
         if uniform:
             return out.mean(1) if self.pooling == "mean" else out.amax(1)
-        lengths = lengths.to(out.device)
-        mask = (torch.arange(out.shape[1], device=out.device) < lengths[:, None]).unsqueeze(-1)
-        if self.pooling == "mean":
-            return (out * mask).sum(1) / lengths[:, None].to(out.dtype)
-        return out.masked_fill(~mask, float("-inf")).amax(1)
+        return pool(out, padding_mask(lengths, out.shape[1]), self.pooling)
+
+
+def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(batch, width) True where a position holds a token (lengths clamped to >= 1)."""
+    return torch.arange(width) < lengths.clamp(min=1)[:, None]
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Mean or max of x (batch, time, dim) over the positions `mask` (batch, time) keeps."""
+    mask = mask.to(x.device).unsqueeze(-1)
+    if how == "mean":
+        return (x * mask).sum(1) / mask.sum(1).to(x.dtype)
+    return x.masked_fill(~mask, float("-inf")).amax(1)

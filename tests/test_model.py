@@ -13,10 +13,10 @@ from model.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from model.config import ModelConfig, TrainConfig
+from model.config import TrainConfig
 from model.data import EncodedSplit, Splits, bucketed_batches, count_batches, load_processed
 from model.loop import class_weights, evaluate, train_epochs
-from model.network import EmotionClassifier
+from model.network import RNNClassifier, RNNConfig
 from plumbing.paths import paths
 from tests.conftest import run_cli
 
@@ -41,7 +41,7 @@ def without_timing(metrics: dict) -> dict:
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_logit_shapes_and_padding_never_changes_logits(rnn, pooling, bidirectional):
     torch.manual_seed(0)
-    net = EmotionClassifier(50, ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, rnn=rnn,
+    net = RNNClassifier(50, RNNConfig(embedding_dim=8, hidden_size=12, num_layers=2, rnn=rnn,
                                             pooling=pooling, bidirectional=bidirectional)).eval()
     tokens = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12], [3, 0, 0, 0, 0]])
     lengths = torch.tensor([3, 5, 1])
@@ -59,7 +59,7 @@ def test_a_tiny_batch_is_learned_to_100_percent():
     torch.manual_seed(0)
     split = EncodedSplit.from_ids([[2, 3], [4, 5, 6], [7], [8, 9, 2, 3], [5, 5], [9, 8, 7]],
                                   [0, 1, 2, 3, 4, 5])
-    net = EmotionClassifier(12, ModelConfig(embedding_dim=16, hidden_size=16, dropout=0.0,
+    net = RNNClassifier(12, RNNConfig(embedding_dim=16, hidden_size=16, dropout=0.0,
                                             embedding_dropout=0.0))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     for _ in range(100):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -53,8 +54,10 @@ def test_space_file_overrides_ranges_and_keeps_the_rest(tmp_path):
     # the default BiLSTM is outside this space (hidden 64, GRU): no starting point
     assert space_mod.known_good_points(space) == []
     assert space_mod.known_good_points(space_mod.SPACE)[0]["hidden_size"] == 128
-    tune_space = space_mod.to_tune(space)
-    assert tune_space["hidden_size"] == 64 and tune_space["lr"].lower == 1e-4
+    study = optuna.create_study()
+    trial = study.ask()
+    params = {**space_mod.ConditionalSpace(space)(trial), **trial.params}
+    assert params["hidden_size"] == 64 and params["rnn"] == "gru" and 1e-4 <= params["lr"] <= 1e-3
 
 
 @pytest.mark.parametrize("content,needle", [

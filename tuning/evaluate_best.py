@@ -7,6 +7,7 @@ artifacts/best/ only when complete.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -24,6 +25,7 @@ from model.checkpoint import (
 from model.config import TrainConfig, from_trial_params
 from model.data import Splits, load_processed
 from model.loop import evaluate, train_epochs
+from model.speed import measure
 from plumbing.cli import ArgumentParser, non_negative_int, redact, refuse_secrets, run_main
 from plumbing.errors import DataError, UsageError
 from plumbing.files import atomic_folder
@@ -68,6 +70,21 @@ def reseed(config: dict, splits: Splits, seeds: list[int]) -> list[dict]:
     return rows
 
 
+def parse_pick(ap, words: list[str]) -> float | None:
+    """--pick best -> None; --pick fastest-within D -> D (>= 0); anything else: a usage error."""
+    if words == ["best"]:
+        return None
+    if len(words) == 2 and words[0] == "fastest-within":
+        try:
+            within = float(words[1])
+        except ValueError:
+            within = -1.0
+        if math.isfinite(within) and within >= 0:
+            return within
+        ap.error(f"argument --pick: fastest-within needs a distance >= 0, got {words[1]!r}")
+    ap.error(f"argument --pick: expected `best` or `fastest-within D`, got {' '.join(words)!r}")
+
+
 def find_experiment(p: Paths, flag: str | None):
     """--experiment (a folder or a URI), else the latest in ray_results/: (its storage, name)."""
     from tuning.storage import open_experiment, open_storage
@@ -89,7 +106,13 @@ def main(argv=None) -> int:
                          "best trial's checkpoint is fetched) (default: the latest in ray_results/)")
     ap.add_argument("--reseed", type=non_negative_int, default=0, metavar="K",
                     help="also retrain the best config with K other seeds: test mean ± std")
+    ap.add_argument("--pick", nargs="+", default=["best"], metavar="RULE",
+                    help="which trial to evaluate: best (default: the best val macro-F1, as the "
+                         "search chose), or `fastest-within D`: the fastest (single-sentence "
+                         "latency) search trial within D of the best val macro-F1, e.g. "
+                         "--pick fastest-within 0.005")
     args = ap.parse_args(argv)
+    within = parse_pick(ap, args.pick)
     try:
         refuse_secrets("--experiment", args.experiment)
     except UsageError as e:
@@ -97,7 +120,13 @@ def main(argv=None) -> int:
     p = paths()
     from tuning import space as space_mod
     from tuning.baselines import baselines
-    from tuning.report import plot_confusion, plot_learning_curve, plot_search_history, write_report
+    from tuning.report import (
+        plot_confusion,
+        plot_frontier,
+        plot_learning_curve,
+        plot_search_history,
+        write_report,
+    )
     from tuning.results import (
         hyperparameter_importance,
         load_experiment,
@@ -110,7 +139,7 @@ def main(argv=None) -> int:
     storage, name = find_experiment(p, args.experiment)
     analysis = load_experiment(storage, name)
     trials = trials_frame(analysis)
-    trial, checkpoint, choice = winner(analysis, trials)
+    trial, checkpoint, choice = winner(analysis, trials, within)
     opts = search_options(p.search_reports / name, storage, name) or {}
     if opts.get("mlflow"):  # before the test pass: it must not be run for nothing
         from tuning.tracking import check_store
@@ -120,7 +149,12 @@ def main(argv=None) -> int:
     splits = load_processed(p, with_test=True)
     check_checkpoint(state, splits.vocab_sha256)
     model = model_from_checkpoint(state)
-    if choice["candidates"]:
+    if choice.get("pick"):
+        pick = choice["pick"]
+        print(f"picked: {choice['rule']}: trial {choice['trial_id']}, {pick['latency_ms']:.3f} ms "
+              f"a sentence (the best, {pick['best_trial_id']}: {pick['best_latency_ms']:.3f} ms)",
+              file=sys.stderr)
+    elif choice["candidates"]:
         per_seed = ", ".join(f"{seed['val_f1']:.4f}" for seed in choice["seeds"])
         print(f"winner: the configuration with the best mean val_f1 over seeds, "
               f"{choice['mean_val_f1']:.4f} ± {choice['std_val_f1']:.4f} (seeds: {per_seed}); "
@@ -128,11 +162,12 @@ def main(argv=None) -> int:
     print(f"best trial {trial.trial_id}: val_f1 {state['metrics']['val_f1']:.4f} at epoch "
           f"{state['epoch']}; evaluating once on the test split", file=sys.stderr)
     res = evaluate(model, splits.test)
+    speed = measure(model, splits.val)  # (on this checkpoint, the machine otherwise idle)
     m = test_metrics(splits.test.labels.numpy(), res["logits"].argmax(1).numpy())
     m.update(val_f1=state["metrics"]["val_f1"], val_acc=state["metrics"]["val_acc"],
              trial_id=trial.trial_id, best_epoch=state["epoch"], seed=state["config"]["seed"],
              config=state["config"], experiment=name, test_rows=len(splits.test),
-             selection=choice)
+             selection=choice, family=TrainConfig.from_flat(state["config"]).family, speed=speed)
 
     print("baselines (majority, TF-IDF + LinearSVC)...", file=sys.stderr)
     base = baselines(p)
@@ -161,9 +196,12 @@ def main(argv=None) -> int:
         plot_confusion(m["confusion_matrix"], tmp / "confusion_matrix.png")
         plot_learning_curve(history, tmp / "learning_curve.png")
         plot_search_history(trials, tmp / "search_history.png")
+        plot_frontier(trials, m["trial_id"], tmp / "frontier.png")
         write_report(tmp, m, base, importance, reseeds, trials, name)
     print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  weighted-F1 "
-          f"{m['f1_weighted']:.4f}  ({len(splits.test)} rows)", file=sys.stderr)
+          f"{m['f1_weighted']:.4f}  ({len(splits.test)} rows); {speed['params']:,} parameters, "
+          f"{speed['latency_ms']:.3f} ms a sentence (batch 1, one thread), "
+          f"{speed['sentences_per_s_b256']:,.0f} sentences/s at batch 256", file=sys.stderr)
     for row in base:
         print(f"  baseline {row['model']}: test accuracy {row['test_accuracy']:.4f}  macro-F1 "
               f"{row['test_f1_macro']:.4f}", file=sys.stderr)

@@ -18,8 +18,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.util import _set_search_properties_backwards_compatible
 
-from model.config import HYPERPARAMETERS, REPLICATE_KEY
-from tuning.outcome import MEASURED
+from model.config import REPLICATE_KEY, family_of, seed_keys
+from tuning.outcome import LATENCY, MEASURED
 
 SEARCH, INTENSIFY = "search", "intensify"  # the two phases, as trials.csv and MLflow name them
 
@@ -108,8 +108,9 @@ class Intensify(Searcher):
 
 
 def config_key(config) -> str:
-    """The hyperparameters of a trial (its params or a trials.csv row), as one comparable key."""
-    return json.dumps({k: _plain(config[k]) for k in HYPERPARAMETERS if k in config},
+    """The hyperparameters of a trial (its params or a trials.csv row), as one comparable key:
+    those its family reads (an rnn's: as before families)."""
+    return json.dumps({k: _plain(config[k]) for k in seed_keys(family_of(config)) if k in config},
                       sort_keys=True)
 
 
@@ -240,6 +241,39 @@ def choose(trials: pd.DataFrame) -> dict:
         "candidates": [{"rank": i, "mean_val_f1": g["mean_val_f1"], "std_val_f1": g["std_val_f1"],
                         "n_seeds": len(g["rows"]), "trial_ids": list(g["rows"]["trial_id"])}
                        for i, g in enumerate(groups, 1)] if replicated else [],
+    }
+
+
+def fastest_within(trials: pd.DataFrame, delta: float, best: dict | None = None) -> dict:
+    """`evaluate_best --pick fastest-within DELTA`: among the search trials whose best val
+    macro-F1 measured their seed (MEASURED), the one with the lowest single-sentence latency
+    whose best val macro-F1 is within `delta` of the best's (`choose`'s winner: its mean over
+    seeds when a stage ran); a tie goes to the higher val macro-F1, then the earlier trial. So
+    the pick is on the F1/latency frontier (whose checkpoints a search keeps). Returns `choose`'s
+    keys for that trial, and `pick`: {rule, within, reference_val_f1, best_trial_id,
+    best_latency_ms, latency_ms, n_within}."""
+    best = best or choose(trials)
+    reference = best["mean_val_f1"]
+    pool = trials[(trials["phase"] == SEARCH) & trials["status"].isin(MEASURED)
+                  & trials["best_val_f1"].notna() & trials[LATENCY].notna()]
+    close = pool[pool["best_val_f1"] >= reference - delta]
+    if close.empty:
+        raise ValueError(f"no search trial with a measured latency is within {delta} of the "
+                         f"best val macro-F1 ({reference:.4f})")
+    ranked = close.assign(order=range(len(close))).sort_values(
+        [LATENCY, "best_val_f1", "order"], ascending=[True, False, True], kind="stable")
+    row = ranked.iloc[0]
+    best_row = trials[trials["trial_id"] == best["trial_id"]].iloc[0]
+    return {
+        "rule": (f"the fastest (single-sentence latency) of the {len(close)} search trials whose "
+                 f"best validation macro-F1 is within {delta} of the best's ({reference:.4f})"),
+        "trial_id": row["trial_id"], "mean_val_f1": float(row["best_val_f1"]), "std_val_f1": 0.0,
+        "seeds": [{"trial_id": row["trial_id"], "phase": row["phase"], "seed": int(row["seed"]),
+                   "val_f1": float(row["best_val_f1"]), "epoch": int(row["best_epoch"])}],
+        "candidates": [],
+        "pick": {"rule": "fastest-within", "within": delta, "reference_val_f1": reference,
+                 "best_trial_id": best["trial_id"], "best_latency_ms": float(best_row[LATENCY]),
+                 "latency_ms": float(row[LATENCY]), "n_within": len(close)},
     }
 
 

@@ -48,3 +48,13 @@ def trial_status(ray_status: str, last: Mapping | None, max_epochs: int) -> str:
 def _true(value) -> bool:
     """`done` as Tune logged it: a bool in a result, a bool or 'True' read back from a CSV."""
     return value is True or str(value).strip().lower() == "true" or value == 1
+
+
+LATENCY = "latency_ms"  # a trial's single-sentence CPU latency (model/speed.py): lower is better
+
+
+def frontier(points: Mapping) -> set:
+    """The keys of `points` ({key: (val macro-F1, latency)}) on the Pareto frontier: no other
+    point is at least as good in both and better in one (of equal points, all are on it)."""
+    return {k for k, (f1, ms) in points.items()
+            if not any(f >= f1 and m <= ms and (f > f1 or m < ms) for f, m in points.values())}

@@ -77,6 +77,84 @@ def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
     _save(plt, fig, path)
 
 
+FAMILY_COLORS = {"rnn": "tab:blue", "cnn": "tab:orange", "transformer": "tab:purple",
+                 "bag": "tab:green"}
+
+
+def plot_frontier(trials: pd.DataFrame, evaluated: str, path: Path) -> None:
+    """Best val macro-F1 against single-sentence latency over every trial that measured both,
+    by family, the Pareto frontier drawn as a step line, the evaluated trial ringed."""
+    plt = _plt()
+    done = trials[trials["best_val_f1"].notna() & trials["latency_ms"].notna()]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family, group in done.groupby("family", sort=False):
+        ax.scatter(group["latency_ms"], group["best_val_f1"], s=22, alpha=0.75,
+                   color=FAMILY_COLORS.get(family, "black"), label=family)
+    front = done[done["pareto"]].sort_values("latency_ms")
+    if len(front):
+        ax.step(front["latency_ms"], front["best_val_f1"], where="post", color="black", lw=1,
+                label="Pareto frontier")
+    chosen = done[done["trial_id"] == evaluated]
+    if len(chosen):
+        ax.scatter(chosen["latency_ms"], chosen["best_val_f1"], s=140, facecolors="none",
+                   edgecolors="red", linewidths=1.5, label="evaluated")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("latency per sentence, ms (batch 1, one CPU thread; log scale)")
+    ax.set_ylabel("best val macro-F1")
+    ax.legend()
+    ax.set_title("Accuracy against latency, every trial")
+    _save(plt, fig, path)
+
+
+def frontier_section(m: dict, trials: pd.DataFrame) -> list[str]:
+    """report.md's families and frontier: the best trial of each family (test figures for the
+    evaluated one only: the test split is read once), and what the frontier offers near the
+    evaluated trial."""
+    done = trials[trials["best_val_f1"].notna() & (trials["phase"] == "search")]
+    if done.empty or "latency_ms" not in done:
+        return []
+    rows = []
+    for family, group in done.groupby("family", sort=False):
+        best = group.loc[group["best_val_f1"].idxmax()]
+        evaluated = best["trial_id"] == m["trial_id"]
+        rows.append({"family": family, "trials": len(group), "best trial": best["trial_id"],
+                     "val macro-F1": float(best["best_val_f1"]),
+                     "test accuracy": m["accuracy"] if evaluated else "",
+                     "test macro-F1": m["f1_macro"] if evaluated else "",
+                     "parameters": f"{int(best['params']):,}" if best["params"] == best["params"]
+                     else "", "latency ms": float(best["latency_ms"]),
+                     "sentences/s (b256)": f"{best['sentences_per_s_b256']:,.0f}",
+                     "epoch s": float(best["epoch_s"])})
+    parts = ["## Families: the best trial of each (validation; test for the evaluated one only)",
+             _table(rows, ["family", "trials", "best trial", "val macro-F1", "test accuracy",
+                           "test macro-F1", "parameters", "latency ms", "sentences/s (b256)",
+                           "epoch s"]),
+             ("Latency: one sentence at a time (batch 1), median over 128 validation texts, one "
+              "CPU thread, the network's forward pass; measured during the search, beside other "
+              f"trials. The evaluated model, measured here alone: {m['speed']['latency_ms']:.3f} "
+              f"ms a sentence, {m['speed']['sentences_per_s_b256']:,.0f} sentences/s at batch "
+              f"256, {m['speed']['params']:,} parameters.")]
+    me = trials[trials["trial_id"] == m["trial_id"]]
+    if len(me) and me["latency_ms"].notna().all():
+        f1, ms = float(me["best_val_f1"].iloc[0]), float(me["latency_ms"].iloc[0])
+        near = done[(done["best_val_f1"] >= f1 - 0.01) & done["latency_ms"].notna()]
+        fastest = near.loc[near["latency_ms"].idxmin()]
+        ratio = ms / float(fastest["latency_ms"])
+        parts.append(
+            f"Within 0.01 val macro-F1 of the evaluated trial ({f1:.4f}, {ms:.3f} ms), the fastest "
+            f"is trial `{fastest['trial_id']}` ({fastest['family']}, "
+            f"{float(fastest['best_val_f1']):.4f}, {float(fastest['latency_ms']):.3f} ms): "
+            f"{ratio:.1f}x lower latency"
+            + ("." if ratio >= 5 else "; no configuration within 0.01 is 5x faster.")
+            + " `--pick fastest-within D` evaluates such a trial instead.")
+    parts.append("![accuracy against latency](frontier.png)")
+    return parts
+
+
 def _table(rows: list[dict], cols: list[str]) -> str:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -91,6 +169,13 @@ def how_chosen(m: dict, trials: pd.DataFrame, counts: dict) -> list[str]:
     mean and the winner's seeds."""
     choice = m["selection"]
     ran = f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())})"
+    if choice.get("pick"):
+        pick = choice["pick"]
+        return [(f"Trial `{m['trial_id']}` ({m['family']}, epoch {m['best_epoch']}, seed "
+                 f"{m['seed']}), picked by `--pick fastest-within {pick['within']}` among {ran}: "
+                 f"{choice['rule']}. It takes {pick['latency_ms']:.3f} ms a sentence; the best, "
+                 f"trial `{pick['best_trial_id']}`, {pick['best_latency_ms']:.3f} ms. The test "
+                 "split was read once, here.")]
     if not choice["candidates"]:
         return [(f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
                  f"validation macro-F1 among {ran}: one seed per configuration. The test split "
@@ -124,7 +209,7 @@ def write_report(out: Path, m: dict, base: list[dict], importance: dict, reseeds
                  "weighted-F1": m["f1_weighted"]}],
                ["split", "accuracy", "macro-F1", "weighted-F1"]),
         "## Against baselines (same splits, same run)",
-        _table([{"model": "tuned LSTM (this)", "val_accuracy": m["val_acc"],
+        _table([{"model": f"tuned {m.get('family', 'rnn')} (this)", "val_accuracy": m["val_acc"],
                  "val_f1_macro": m["val_f1"], "test_accuracy": m["accuracy"],
                  "test_f1_macro": m["f1_macro"]}] + base,
                ["model", "val_accuracy", "val_f1_macro", "test_accuracy", "test_f1_macro"]),
@@ -138,6 +223,7 @@ def write_report(out: Path, m: dict, base: list[dict], importance: dict, reseeds
                   f"macro-F1 {f1.mean():.4f} ± {f1.std(ddof=1) if len(f1) > 1 else 0:.4f} "
                   f"over {len(acc)} seeds." if len(acc) else "No reseeded run finished."]
     parts += [
+        *frontier_section(m, trials),
         "## Per class (test)",
         _table([{"label": k, **v} for k, v in m["per_class"].items()],
                ["label", "precision", "recall", "f1-score", "support"]),

@@ -9,16 +9,30 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from model.config import DEFAULTS, HYPERPARAMETERS, REPLICATE_KEY, from_trial_params
+from model.config import (
+    FAMILIES,
+    FAMILY_KEY,
+    HYPERPARAMETERS,
+    REPLICATE_KEY,
+    family_defaults,
+    family_keys,
+    family_of,
+    from_trial_params,
+)
 from plumbing.errors import DataError
 from plumbing.files import write_text
-from tuning.intensify import SEARCH, choose, phase
-from tuning.outcome import METRIC, MODE, trial_status
+from tuning.intensify import SEARCH, choose, fastest_within, phase
+from tuning.outcome import LATENCY, METRIC, MODE, frontier, trial_status
 from tuning.storage import Storage
 
 OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resume reads them)
-# trials.csv's columns of configuration: every hyperparameter, and the epochs a trial could run
+# trials.csv's columns of configuration: every hyperparameter (a trial's row fills those its
+# family reads; the others are empty), and the epochs a trial could run
 CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
+INT_COLUMNS = [k for k in CONFIG_COLUMNS if type(
+    next(family_defaults(f)[k] for f in FAMILIES if k in family_defaults(f))) is int]
+# what each trial measured of its network (model/speed.py), and its mean epoch time
+SPEED_COLUMNS = ["params", LATENCY, "sentences_per_s_b256"]
 
 
 def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
@@ -34,8 +48,10 @@ def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
 
 
 def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
-    """trial id, status, phase (search or intensify) and replicate, every hyperparameter, seed,
-    best and last val_f1, epochs run, time, failures."""
+    """trial id, status, phase (search or intensify) and replicate, every hyperparameter (its
+    family's), seed, best and last val_f1, epochs run, time, failures, size and speed
+    (model/speed.py), mean epoch time, and whether it is on the Pareto frontier of val macro-F1
+    and latency (`pareto`)."""
     frames = analysis.trial_dataframes
     rows = []
     # in the order the trials were created (Tune's tag starts with its counter), not in Tune's
@@ -48,7 +64,9 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         row = {"trial_id": trial.trial_id,
                "status": trial_status(trial.status, last, cfg.get("epochs", 0)),
                "phase": phase(cfg), "replicate": cfg.get(REPLICATE_KEY, 0)}
-        row.update({k: cfg.get(k, DEFAULTS[k]) for k in CONFIG_COLUMNS})
+        family = family_of(cfg)
+        defaults, reads = family_defaults(family), {FAMILY_KEY, "epochs", *family_keys(family)}
+        row.update({k: cfg.get(k, defaults[k]) if k in reads else None for k in CONFIG_COLUMNS})
         row["seed"] = int(history["seed"].iloc[-1]) if has and "seed" in history else None
         if has:
             best = history[METRIC].idxmax()
@@ -61,8 +79,29 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
             row.update(best_val_f1=math.nan, best_epoch=None, last_val_f1=math.nan, epochs_run=0,
                        time_s=0.0)
         row["failures"] = int(trial.run_metadata.num_failures)  # crashes Tune retried (or not)
+        for key in SPEED_COLUMNS:
+            measured = history[key].dropna() if has and key in history else ()
+            row[key] = float(measured.iloc[-1]) if len(measured) else math.nan
+        epochs = history["epoch_s"].dropna() if has and "epoch_s" in history else ()
+        row["epoch_s"] = round(float(epochs.mean()), 3) if len(epochs) else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for key in [*INT_COLUMNS, "params"]:  # (an int column with empty cells stays int)
+        table[key] = table[key].astype("Int64")
+    table["pareto"] = pareto(table)
+    return table
+
+
+def pareto(trials: pd.DataFrame) -> pd.Series:
+    """Whether each search trial is on the frontier of best val macro-F1 (higher) and latency
+    (lower): no other search trial is at least as good in both and better in one."""
+    ok = ((trials["phase"] == SEARCH) & trials["best_val_f1"].notna()
+          & trials[LATENCY].notna())
+    on = frontier({i: (trials.at[i, "best_val_f1"], trials.at[i, LATENCY])
+                   for i in trials.index[ok]})
+    return pd.Series([i in on for i in trials.index], index=trials.index)
 
 
 def _created(trial) -> int:
@@ -70,13 +109,19 @@ def _created(trial) -> int:
     return int(number) if number.isdigit() else 0
 
 
-def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame):
+def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame, within: float | None = None):
     """The winning trial (tuning.intensify.choose: the best mean over seeds when the leaders
-    were replicated, else the best single trial), its best-val_f1 checkpoint, and the choice."""
+    were replicated, else the best single trial; with `within`, `fastest_within` that many of
+    it), its best-val_f1 checkpoint, and the choice."""
     try:
         choice = choose(trials)
     except ValueError:
         raise DataError(f"{analysis.experiment_path}: no trial reported {METRIC}") from None
+    if within is not None:
+        try:
+            choice = fastest_within(trials, within, choice)
+        except ValueError as e:
+            raise DataError(f"{analysis.experiment_path}: {e}") from None
     trial = next(t for t in analysis.trials if t.trial_id == choice["trial_id"])
     checkpoint = analysis.get_best_checkpoint(trial, METRIC, MODE)
     if checkpoint is None:
@@ -130,10 +175,15 @@ def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, fl
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for _, row in done.iterrows():
-        params = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in dists}
+        # a trial's own family's keys: across families, fANOVA ranks the keys they all have
+        # (the family itself among them)
+        reads = {FAMILY_KEY, *family_keys(family_of(row))}
+        params = {k: (row[k].item() if hasattr(row[k], "item") else row[k])
+                  for k in dists if k in reads}
         try:
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                                      value=float(row["best_val_f1"])))
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params},
+                value=float(row["best_val_f1"])))
         except ValueError:  # a value outside the (overridden) space: leave that trial out
             continue
     try:

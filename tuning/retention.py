@@ -11,7 +11,9 @@ errored) is pruned two experiment-state snapshots after it ended and once the st
 the storage (uploaded in the background, even to a local folder) says it ended, so that no
 resume will want its latest. It then keeps its best-validation checkpoint if its configuration
 is among the top `max(LEADERS, --intensify-top)` distinct ones of the trials ended so far (ties
-at the edge kept) or has been replicated by a stage, and none otherwise; a kept trial that
+at the edge kept), has been replicated by a stage, or is on the frontier of val macro-F1 and
+latency of the search trials ended so far (what `evaluate_best --pick fastest-within` picks
+from), and none otherwise; a kept trial that
 falls out of that top later is emptied then. (A trial outside the top of the trials ended so
 far is outside the top of all of them; a stage's leaders are in it.) Its best is Tune's own
 record of its checkpoints (restored with the experiment), not the results this driver saw: a
@@ -23,7 +25,7 @@ When the search ends (`prune`):
   leaders  a search that ended: the best-validation checkpoint of each trial of the top
            `LEADERS` distinct configurations by best val macro-F1 and of every replicated
            configuration (the winner, a stage's replicates, and what a later stage over the same
-           trials could pick), and no other. An interrupted search: unfinished trials keep all of theirs (a resume goes on
+           trials could pick) and of the F1/latency frontier's trials, and no other. An interrupted search: unfinished trials keep all of theirs (a resume goes on
            from their latest); ended trials keep their best. evaluate_best reads the winner's;
            `--reseed`, the stage and `model.train --config` read configurations, not checkpoints.
   all      nothing is deleted.
@@ -38,7 +40,7 @@ from ray.tune import Callback
 
 from model.config import REPLICATE_KEY
 from tuning.intensify import config_key, config_keys, leaders, table_leaders
-from tuning.outcome import METRIC, MODE
+from tuning.outcome import LATENCY, METRIC, MODE, frontier
 
 LEADERS = 5
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -88,6 +90,8 @@ def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     # and every replicated configuration (the winner is one: after an extension, an earlier
     # stage's leader can win on its mean yet rank below 5 others by best single trial)
     keeping |= set(table.loc[table["phase"] == "intensify", "config"])
+    # and the F1/latency frontier's: `evaluate_best --pick fastest-within` picks on it
+    keeping |= set(table.loc[table["pareto"], "config"]) if "pareto" in table else set()
     interrupted = (table["status"] == "unfinished").any()
     rows = table.set_index("trial_id")
     keep = {}
@@ -167,7 +171,12 @@ class Retention(Callback):
         # the top and any configuration tied with its last one
         leading = {config_key(params[t]) for t, v in best.items() if v >= edge}
         replicated = {config_key(t.config) for t in self.trials if t.config.get(REPLICATE_KEY, 0)}
-        return leading | replicated
+        # and the F1/latency frontier's (evaluate_best --pick fastest-within picks on it)
+        speed = {t.trial_id: (t.last_result or {}).get(LATENCY) for t in ended
+                 if not t.config.get(REPLICATE_KEY, 0)}
+        fast = frontier({t: (v, speed[t]) for t, v in best.items()
+                         if isinstance(speed.get(t), int | float)})
+        return leading | replicated | {config_key(params[t]) for t in fast}
 
     def get_state(self) -> None:
         """Called as Tune saves the experiment state (into the driver's staging folder, which a

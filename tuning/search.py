@@ -81,6 +81,10 @@ def parse_args(argv=None):
     ap.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                     help="how Optuna suggests configurations: tpe (default) or random (the "
                          "baseline TPE must beat; benchmarks/race.py)")
+    ap.add_argument("--objectives", default=None, metavar="LIST",
+                    help="what the searcher optimises: f1 (default: val macro-F1) or f1,latency "
+                         "(Optuna's multi-objective TPE: the F1/latency Pareto set; ASHA still "
+                         "cuts on val macro-F1 alone)")
     ap.add_argument("--warm-start", metavar="NAME|DIR|URI",
                     help="a finished experiment (a name in --storage, a folder, or a URI) whose "
                          "trials the searcher learns from before its first suggestion (same "
@@ -108,6 +112,10 @@ def parse_args(argv=None):
     ap.add_argument("--subset", type=positive_int, default=None,
                     help="use only the first N train and validation rows (smoke tests)")
     args = ap.parse_args(argv)
+    args.objectives = args.objectives.split(",") if args.objectives is not None else None
+    if args.objectives not in (None, ["f1"], ["f1", "latency"]):
+        ap.error(f"argument --objectives: expected f1 or f1,latency, got "
+                 f"{','.join(args.objectives)!r}")
     if args.reduction_factor <= 1:
         ap.error(f"argument --reduction-factor: must be > 1, got {args.reduction_factor}")
     # a URL with a secret would be printed, logged by Ray and stored with the experiment
@@ -123,6 +131,7 @@ def parse_args(argv=None):
     if args.resume:  # the experiment's own settings hold; a flag given must agree with them
         return args
     args.samples = 50 if args.samples is None else args.samples
+    args.objectives = args.objectives or ["f1"]
     args.max_epochs = 6 if args.max_epochs is None else args.max_epochs
     if args.grace_period is None:
         args.grace_period = GRACE_PERIOD
@@ -148,6 +157,9 @@ def check_resume_flags(args, opts: dict) -> None:
     if args.max_epochs is not None and args.max_epochs != opts["max_epochs"]:
         raise UsageError(f"--resume: --max-epochs {args.max_epochs} differs from the "
                          f"experiment's {opts['max_epochs']}")
+    if args.objectives is not None and args.objectives != (opts.get("objectives") or ["f1"]):
+        raise UsageError(f"--resume: --objectives {','.join(args.objectives)} differs from the "
+                         f"experiment's {','.join(opts.get('objectives') or ['f1'])}")
     if args.space:
         from tuning import space as space_mod
 
@@ -233,7 +245,8 @@ def main(argv=None) -> int:
             opts = {k: getattr(args, k) for k in (
                 "samples", "max_epochs", "concurrency", "cpus_per_trial", "gpus_per_trial", "seed",
                 "time_budget_s", "grace_period", "reduction_factor", "optuna_storage", "space",
-                "subset", "intensify_top", "intensify_seeds", "sampler", "verbose", "keep_checkpoints")}
+                "subset", "intensify_top", "intensify_seeds", "sampler", "verbose", "keep_checkpoints",
+                "objectives")}
             from tuning.tracking import tracking_uri
 
             opts["space"] = space  # the ranges themselves, not the path of the file they came from

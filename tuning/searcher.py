@@ -18,6 +18,10 @@ A trial the time budget stopped is never told by Tune; `settle_study` tells a st
 the search (PRUNED), and fails the trials a kill -9 left behind. A resume after kill -9 may rerun
 a trial that a stored study already holds finished: it is not told twice. Each Optuna trial carries its Tune trial id as the user attribute
 `trial_id`, so the study and trials.csv can be laid side by side.
+
+Its space is tuning/space.py's `ConditionalSpace` (define-by-run: a trial holds its family's
+keys only). With several objectives (`--objectives f1,latency`) Optuna takes no intermediate
+values: a finished trial is told [its best val_f1, its latency_ms], a cut one PRUNED.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from model.config import FAMILY_KEY, family_keys, family_of
 from tuning.outcome import METRIC, trial_status
 
 logger = logging.getLogger(__name__)
@@ -49,19 +54,30 @@ class EpochOptunaSearch(OptunaSearch):
         self.warm = warm or []  # another experiment's trials to learn from first (--warm-start)
         self.search_id = search_id  # on each trial: a study shared by namesakes tells them apart
         self.values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: val_f1} reported
+        self.others: dict[str, list] = {}  # trial id -> its last figures of the other objectives
         super().__init__(*args, **kwargs)
+
+    @property
+    def multi(self) -> bool:
+        return isinstance(self._metric, list)
 
     def _setup_study(self, mode) -> None:
         """The study, then the warm-start trials in it, as they ended there (before any
         suggestion: Tune sets the search properties first; a resume restores the study)."""
         import optuna
 
+        from tuning.space import distributions
+
         super()._setup_study(mode)
+        space = getattr(self._space, "space", self._space)  # (ConditionalSpace's dict)
         for w in self.warm:
+            multi = self.multi
             self._ot_study.add_trial(optuna.trial.create_trial(
-                state=TrialState[w["state"]], value=w["value"], params=w["params"],
-                distributions=self._space,
-                intermediate_values={int(e): v for e, v in w["intermediate_values"].items()},
+                state=TrialState[w["state"]], params=w["params"],
+                distributions=distributions(space, w["params"]),
+                value=None if multi else w["value"], values=w["value"] if multi else None,
+                intermediate_values=({} if multi else
+                                     {int(e): v for e, v in w["intermediate_values"].items()}),
                 user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
     def suggest(self, trial_id: str):
@@ -74,8 +90,12 @@ class EpochOptunaSearch(OptunaSearch):
     def _report(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(METRIC), result.get("epoch")
         seen = self.values.setdefault(trial_id, {})
+        if self.multi:
+            self.others[trial_id] = [result.get(m) for m in self._metric[1:]]
         if isinstance(value, int | float) and epoch is not None and int(epoch) not in seen:
             seen[int(epoch)] = float(value)  # an epoch replayed after a resume is reported once
+            if self.multi:
+                return  # (Optuna keeps no intermediate values of a multi-objective trial)
             try:
                 self._ot_trials[trial_id].report(float(value), int(epoch))
             except UpdateFinishedTrialError:
@@ -104,6 +124,10 @@ class EpochOptunaSearch(OptunaSearch):
         if state == TrialState.COMPLETE and not values:
             state = TrialState.FAIL  # finished with no figure to tell: nothing to learn from
         value = max(values.values()) if state == TrialState.COMPLETE else None
+        if self.multi and value is not None:
+            value = [value, *self.others.get(trial_id, [])]
+            if any(not isinstance(v, int | float) for v in value):
+                value, state = None, TrialState.FAIL  # (no latency: nothing to learn from)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state,
                                 skip_if_finished=True)
@@ -148,6 +172,8 @@ def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
     space with the same max epochs and training rows (its figures would not compare)."""
     from pathlib import Path
 
+    import pandas as pd
+
     from plumbing.errors import UsageError
     from tuning.intensify import SEARCH
     from tuning.results import load_experiment, search_options, trials_frame
@@ -164,6 +190,11 @@ def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
         if theirs.get(key) != opts[key]:
             raise UsageError(f"--warm-start {source}: it ran with {flag} {theirs.get(key)}, this "
                              f"search with {opts[key]}; their figures would not compare")
+    mine = opts.get("objectives") or ["f1"]
+    if (theirs.get("objectives") or ["f1"]) != mine:
+        raise UsageError(f"--warm-start {source}: it searched --objectives "
+                         f"{','.join(theirs.get('objectives') or ['f1'])}, this search "
+                         f"{','.join(mine)}")
     analysis = load_experiment(storage, name)
     frames = analysis.trial_dataframes
     table = trials_frame(analysis)
@@ -175,9 +206,15 @@ def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
             continue
         history = frames[row["trial_id"]]
         curve = {int(e): float(v) for e, v in zip(history["epoch"], history[METRIC], strict=True)}
+        keys = {FAMILY_KEY, *family_keys(family_of(row))}  # (the others' columns are empty)
+        value = float(row["best_val_f1"]) if state == TrialState.COMPLETE else curve[max(curve)]
+        if len(mine) > 1:
+            if state == TrialState.COMPLETE and pd.isna(row.get("latency_ms")):
+                continue  # (no latency measured: nothing to tell)
+            value = [value, float(row["latency_ms"])] if state == TrialState.COMPLETE else None
         warm.append({
             "trial_id": row["trial_id"], "source": source, "state": state.name,
-            "params": {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in searched},
-            "value": float(row["best_val_f1"]) if state == TrialState.COMPLETE else curve[max(curve)],
-            "intermediate_values": curve})
+            "params": {k: (row[k].item() if hasattr(row[k], "item") else row[k])
+                       for k in searched if k in keys},
+            "value": value, "intermediate_values": curve})
     return warm

@@ -9,18 +9,28 @@ Each entry is a plain spec, `{kind: args}`, turned into a Ray Tune distribution 
 A `--space FILE.yaml|json` maps some of these keys to new specs; every other key keeps its range.
 Keys are the hyperparameters' field names (model/config.py); bounds and values are checked by
 the fields' own rules.
+
+The space is conditional: `family` picks the network, and a trial samples only the keys its
+family reads (model/config.py `family_keys`), through Optuna's define-by-run interface
+(`ConditionalSpace`, handed to OptunaSearch as its space). So a trial's params, its seed, its
+row in trials.csv and its Optuna trial hold its family's hyperparameters only, TPE models each
+key over the trials that have it, and warm start, points-to-evaluate and the importance table
+work as before. With `family` fixed (the default, `rnn`), a trial asks for the same keys in the
+same order as the plain dict space did, so TPE suggests the same values.
 """
 from __future__ import annotations
 
-from ray import tune
-
 from model.config import (
-    DEFAULTS,
+    FAMILIES,
+    FAMILY_KEY,
     HYPERPARAMETERS,
     REPLICATE_KEY,
     RUN_KEYS,
     SEARCH_SEED_KEY,
     TrainConfig,
+    family_defaults,
+    family_keys,
+    family_of,
 )
 from plumbing.cli import read_yaml_or_json
 from plumbing.errors import UsageError
@@ -28,6 +38,8 @@ from plumbing.errors import UsageError
 # Sized for the default budget (50 trials in about 10 minutes on 2 cores); why each range is what
 # it is, and what was left out, is in docs/guide.md (the search space).
 SPACE = {
+    "family": "rnn",  # {"choice": ["rnn", "cnn", "transformer", "bag"]}: one search across them
+    # rnn (model/network.py)
     "rnn": "lstm",
     "embedding_dim": {"choice": [64, 128, 200]},
     "hidden_size": {"choice": [64, 128, 192]},
@@ -36,26 +48,81 @@ SPACE = {
     "pooling": "max",
     "embedding_dropout": {"uniform": [0.0, 0.4]},
     "rnn_dropout": 0.0,                          # acts only when num_layers > 1
-    "dropout": {"uniform": [0.1, 0.6]},
+    "dropout": {"uniform": [0.1, 0.6]},            # (every family: before the output layer)
+    # cnn (model/cnn.py): embedding_dim, embedding_dropout and dropout as above
+    "cnn_widths": {"choice": ["1,2,3", "2,3,4", "3,4,5", "2,3,4,5"]},
+    "cnn_filters": {"choice": [64, 100, 128, 200]},
+    # transformer (model/transformer.py): every transformer_heads must divide every embedding_dim
+    "transformer_layers": {"int": [1, 4]},
+    "transformer_heads": {"choice": [2, 4]},
+    "transformer_ff": {"choice": [128, 256, 512]},
+    "transformer_dropout": {"uniform": [0.0, 0.3]},
+    "transformer_positions": {"choice": ["learned", "sinusoidal"]},
+    "transformer_pooling": {"choice": ["mean", "max", "first"]},
+    # bag (model/bag.py)
+    "bag_pooling": {"choice": ["mean", "max", "mean_max"]},
+    # every family (OptimConfig)
     "lr": {"loguniform": [1e-3, 1e-2]},
     "weight_decay": {"loguniform": [1e-6, 1e-2]},
     "batch_size": {"choice": [64, 128]},
 }
 # Where the searcher starts (`points_to_evaluate`), when inside the space: the model's default
-# BiLSTM ({}: every default), and the best region of the first searches.
+# BiLSTM ({}: every default), the best region of the first searches, and each other family's
+# defaults (a search across families tries each at least once).
 KNOWN_GOOD = [
     {},
     {"embedding_dim": 128, "hidden_size": 192, "bidirectional": False, "embedding_dropout": 0.25,
      "dropout": 0.5, "lr": 7e-3, "weight_decay": 5e-5, "batch_size": 64},
+    {"family": "cnn"},
+    {"family": "transformer"},
+    {"family": "bag"},
 ]
 KINDS = ("loguniform", "uniform", "int", "choice")
 
 
+def _owner(key: str) -> str:
+    """A family that reads `key` (the first, for a key they share)."""
+    return next((f for f in FAMILIES if key in family_keys(f)), family_of({}))
+
+
 def _check_value(key: str, value, where: str) -> None:
     try:
-        TrainConfig.from_flat({key: value})
+        TrainConfig.from_flat({key: value} if key == FAMILY_KEY else
+                              {FAMILY_KEY: _owner(key), key: value})
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
+
+
+def values_of(spec) -> list:
+    """The values a spec can take (a range of floats: its two ends)."""
+    if not isinstance(spec, dict):
+        return [spec]
+    kind, args = next(iter(spec.items()))
+    return list(range(args[0], args[1] + 1)) if kind == "int" else list(args)
+
+
+def families(space: dict) -> list[str]:
+    """The families a space searches (or the one it fixes)."""
+    return values_of(space.get(FAMILY_KEY, family_of({})))
+
+
+def check_families(space: dict, overrides, where: str) -> dict:
+    """A UsageError unless every key of `overrides` is read by a family the whole space can
+    choose, and every transformer's head count divides every embedding width it may meet."""
+    chosen = families(space)
+    for key in overrides:
+        if key != FAMILY_KEY and not any(key in family_keys(f) for f in chosen):
+            owners = [f for f in FAMILIES if key in family_keys(f)]
+            raise UsageError(f"{where}: {key!r} is a hyperparameter of family "
+                             f"{' and '.join(owners)}, which this space does not search "
+                             f"({FAMILY_KEY}: {space[FAMILY_KEY]})")
+    if "transformer" in chosen:
+        for heads in values_of(space["transformer_heads"]):
+            for dim in values_of(space["embedding_dim"]):
+                if dim % heads:
+                    raise UsageError(f"{where}: transformer_heads {heads} does not divide "
+                                     f"embedding_dim {dim} (a transformer needs it to)")
+    return space
 
 
 def validate(space: dict, where: str = "search space") -> dict:
@@ -98,7 +165,7 @@ def load_space(path: str | None) -> dict:
     if not isinstance(overrides, dict):
         raise UsageError(f"--space {path}: expected a mapping of config keys to ranges")
     space.update(validate(overrides, f"--space {path}"))
-    return space
+    return check_families(space, overrides, f"--space {path}")
 
 
 def stored_space(stored) -> dict:
@@ -106,6 +173,7 @@ def stored_space(stored) -> dict:
     resume or an evaluation elsewhere needs no --space file), or, for an experiment from before
     they were stored, the --space path it was given (None: SPACE)."""
     if isinstance(stored, dict):
+        # (a space stored before families has none of their keys: SPACE's, with family rnn)
         return {**SPACE, **validate(stored, "search_options.json: space")}
     return load_space(stored)
 
@@ -118,20 +186,34 @@ def differing_keys(space: dict, other: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def to_tune(space: dict) -> dict:
-    out = {}
-    for key, spec in space.items():
+class ConditionalSpace:
+    """The space as an Optuna define-by-run function (OptunaSearch's `space`): the family first,
+    then, in the space's order, the keys that family reads, each sampled from its spec; the fixed
+    ones are returned as constants. A class, not a closure: Tune pickles the searcher with the
+    experiment."""
+
+    def __init__(self, space: dict):
+        self.space = space
+
+    def __call__(self, trial) -> dict:
+        fixed = {}
+        family = self._value(trial, FAMILY_KEY, fixed)
+        for key in self.space:
+            if key != FAMILY_KEY and key in family_keys(family):
+                self._value(trial, key, fixed)
+        return fixed
+
+    def _value(self, trial, key: str, fixed: dict):
+        spec = self.space.get(key, family_of({}) if key == FAMILY_KEY else None)
         if not isinstance(spec, dict):
-            out[key] = spec
-            continue
+            fixed[key] = spec
+            return spec
         kind, args = next(iter(spec.items()))
-        out[key] = {
-            "loguniform": lambda a: tune.loguniform(*a),
-            "uniform": lambda a: tune.uniform(*a),
-            "int": lambda a: tune.randint(a[0], a[1] + 1),  # tune.randint excludes the upper end
-            "choice": lambda a: tune.choice(list(a)),
-        }[kind](args)
-    return out
+        if kind == "choice":
+            return trial.suggest_categorical(key, list(args))
+        if kind == "int":
+            return trial.suggest_int(key, args[0], args[1])
+        return trial.suggest_float(key, args[0], args[1], log=kind == "loguniform")
 
 
 def to_optuna(space: dict) -> dict:
@@ -144,6 +226,11 @@ def to_optuna(space: dict) -> dict:
             "choice": lambda a: CategoricalDistribution(a)}
     return {key: make[next(iter(spec))](next(iter(spec.values())))
             for key, spec in space.items() if isinstance(spec, dict)}
+
+
+def distributions(space: dict, params: dict) -> dict:
+    """The Optuna distributions of the searched keys among `params` (a trial's: its family's)."""
+    return {k: d for k, d in to_optuna(space).items() if k in params}
 
 
 def contains(space: dict, point: dict) -> bool:
@@ -172,7 +259,8 @@ def load_points(path: str, space: dict) -> list[dict]:
 
 
 def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
-    """The searched keys of each point, checked to lie inside the space."""
+    """The searched keys of each point, checked to lie inside the space and to be read by the
+    point's family (its `family`; the space's when the space fixes it)."""
     if not isinstance(points, list) or not all(isinstance(pt, dict) for pt in points):
         raise UsageError(f"{where}: expected a list of mappings (config key: value)")
     searched = []
@@ -184,21 +272,33 @@ def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
         if unknown:
             raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
         point = {k: v for k, v in point.items() if k in space}
+        family_spec = space.get(FAMILY_KEY, family_of({}))
+        if isinstance(family_spec, dict) and FAMILY_KEY not in point:
+            raise UsageError(f"{where_i}: this space searches {FAMILY_KEY}: say which")
         for key, value in point.items():
             _check_value(key, value, where_i)
             if not contains(space, {key: value}):
                 raise UsageError(f"{where_i}: {key}={value!r} is outside the search space "
                                  f"({space[key]})")
+        family = point.get(FAMILY_KEY, family_spec)
+        foreign = [k for k in point if k != FAMILY_KEY and k not in family_keys(family)]
+        if foreign:
+            raise UsageError(f"{where_i}: {foreign[0]!r} is not a hyperparameter of family "
+                             f"{family!r}")
         searched.append({k: v for k, v in point.items() if isinstance(space[k], dict)})
     return searched
 
 
 def known_good_points(space: dict) -> list[dict]:
-    """KNOWN_GOOD's points that lie inside `space` (only its searched keys)."""
+    """KNOWN_GOOD's points that lie inside `space` (only the searched keys of their family)."""
     points = []
     for known in KNOWN_GOOD:
-        point = {k: known.get(k, DEFAULTS[k]) for k, spec in space.items() if isinstance(spec, dict)}
-        fixed = {k: known[k] for k in known if not isinstance(space.get(k), dict)}
+        family = family_of(known)
+        defaults = family_defaults(family)
+        keys = (FAMILY_KEY, *family_keys(family))
+        point = {k: known.get(k, defaults[k]) for k in keys if isinstance(space.get(k), dict)}
+        fixed = {k: v for k, v in {**known, FAMILY_KEY: family}.items()
+                 if not isinstance(space.get(k), dict)}
         if contains(space, {**point, **fixed}):
             points.append(point)
     return points

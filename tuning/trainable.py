@@ -8,13 +8,15 @@ import tempfile
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 from ray.tune.search import SearchGenerator
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.config import TrainConfig, from_trial_params
 from model.data import Splits
 from model.loop import train_epochs
+from model.speed import measure
 from tuning.outcome import METRIC, MODE
 
 CHECKPOINT_FILE = "state.pt"
@@ -46,25 +48,41 @@ def train_trial(config: dict, splits: Splits) -> None:
     node = ray.get_runtime_context().get_node_id()  # which cluster node ran it
     fault_epoch = int(os.environ.get(FAULT_EPOCH_ENV, "0")) if resume is None else 0
     diverge_epoch = int(os.environ.get(DIVERGE_EPOCH_ENV, "0"))
+    speed = {}
     with contextlib.ExitStack() as faults:
         if 0 < diverge_epoch <= (resume["epoch"] + 1 if resume else 1):
             faults.enter_context(_diverging_loss())
         for epoch in train_epochs(cfg, splits, resume=resume):
             # every epoch reports val_f1 (never a stale value): ASHA and Optuna act on the last
             metrics = {**epoch.metrics, "seed": cfg.run.seed, "status": epoch.status,
-                       "node_id": node}
+                       "node_id": node, "family": cfg.family, **speed}
             if epoch.status == "diverged":
                 # Not an error: a retry would diverge again, deterministically. The trial ends
                 # with val_f1 0 (the worst macro-F1), which ASHA and Optuna rank like any result.
                 tune.report(metrics)
                 return
+            state = epoch.training_state()
+            if not speed:
+                # once per trial (per run of it), on its first epoch's weights, its best so far:
+                # the architecture, not the weights, sets the time. So every result, an ASHA
+                # cut's at the first rung too, carries it (multi-objective search needs it)
+                speed = trial_speed(state, splits)
+                metrics.update(speed)
             with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(epoch.training_state(), Path(folder) / CHECKPOINT_FILE)
+                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             if epoch.epoch == fault_epoch:
                 raise RuntimeError(f"injected fault after epoch {fault_epoch} ({FAULT_EPOCH_ENV})")
             if epoch.epoch + 1 == diverge_epoch:
                 faults.enter_context(_diverging_loss())
+
+
+def trial_speed(state: dict, splits: Splits) -> dict:
+    """model/speed.py's figures of a training state's network, on the validation texts. Building
+    the network draws initial weights from torch's global RNG, which the training goes on
+    drawing dropout masks from: forked, so a trial's numbers do not depend on being measured."""
+    with torch.random.fork_rng(devices=[]):
+        return measure(model_from_checkpoint(state), splits.val)
 
 
 def _diverging_loss():
@@ -106,6 +124,17 @@ class Extendable(SearchGenerator):
             self._total_samples, self._finished = total, False
 
 
+# --objectives: name -> (the result's metric, the direction Optuna is told). ASHA cuts on val
+# macro-F1 alone (a Tune scheduler takes one metric); Optuna's sampler weighs them all.
+OBJECTIVES = {"f1": (METRIC, MODE), "latency": ("latency_ms", "min")}
+
+
+def objective_metrics(opts: dict) -> list[str]:
+    """The result metrics a search's searcher optimises (an experiment from before
+    --objectives: val macro-F1 alone)."""
+    return [OBJECTIVES[o][0] for o in opts.get("objectives") or ["f1"]]
+
+
 def make_trainable(splits: Splits, cpus_per_trial: int, gpus_per_trial: float):
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, splits=splits), resources)
@@ -122,19 +151,23 @@ def make_tuner(opts: dict, trainable, storage) -> tune.Tuner:
     from tuning.searcher import EpochOptunaSearch
 
     space = space_mod.stored_space(opts["space"])
-    param_space = space_mod.to_tune(space)
-    # fixed per search: every trial gets these as plain values (not searched)
-    param_space.update(
-        epochs=opts["max_epochs"], threads=opts["cpus_per_trial"], search_seed=opts["seed"],
-        device="cuda" if opts["gpus_per_trial"] > 0 else "cpu")
+    # fixed per search: every trial gets these as plain values (not searched); the searched
+    # keys, and the fixed ones of the trial's family, come from the searcher's conditional space
+    param_space = {"epochs": opts["max_epochs"], "threads": opts["cpus_per_trial"],
+                   "search_seed": opts["seed"],
+                   "device": "cuda" if opts["gpus_per_trial"] > 0 else "cpu"}
     warm = opts.get("warm_start") or []
     points = (opts.get("points") if opts.get("points") is not None
               else space_mod.known_good_points(space))
     tried = [w["params"] for w in warm]  # a point the warm start already measured is not rerun
+    objectives = objective_metrics(opts)
     searcher = EpochOptunaSearch(
+        space=space_mod.ConditionalSpace(space),
+        metric=objectives[0] if len(objectives) == 1 else objectives,
+        mode=MODE if len(objectives) == 1 else [OBJECTIVES[o][1] for o in opts["objectives"]],
         max_epochs=opts["max_epochs"], warm=warm, search_id=opts.get("search_id"),
         points_to_evaluate=[p for p in points if p not in tried] or None,
-        # (an experiment from before --sampler used TPE)
+        # (an experiment from before --sampler used TPE; TPE is multi-objective too)
         sampler=(optuna.samplers.RandomSampler(seed=opts["seed"])
                  if opts.get("sampler") == "random" else optuna.samplers.TPESampler(seed=opts["seed"])),
         study_name=opts["name"],
