@@ -22,7 +22,7 @@ from model.config import (
 from plumbing.errors import DataError
 from plumbing.files import write_text
 from tuning.intensify import SEARCH, choose, fastest_within, phase
-from tuning.outcome import LATENCY, METRIC, MODE, frontier, trial_status
+from tuning.outcome import LATENCY, MEASURED, METRIC, MODE, frontier, trial_status
 from tuning.storage import Storage
 
 OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resume reads them)
@@ -96,9 +96,10 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
 
 def pareto(trials: pd.DataFrame) -> pd.Series:
     """Whether each search trial is on the frontier of best val macro-F1 (higher) and latency
-    (lower): no other search trial is at least as good in both and better in one."""
-    ok = ((trials["phase"] == SEARCH) & trials["best_val_f1"].notna()
-          & trials[LATENCY].notna())
+    (lower): no other search trial is at least as good in both and better in one. Trials whose
+    best measured their seed (MEASURED: not one the time budget cut), as `fastest_within`."""
+    ok = ((trials["phase"] == SEARCH) & trials["status"].isin(MEASURED)
+          & trials["best_val_f1"].notna() & trials[LATENCY].notna())
     on = frontier({i: (trials.at[i, "best_val_f1"], trials.at[i, LATENCY])
                    for i in trials.index[ok]})
     return pd.Series([i in on for i in trials.index], index=trials.index)
