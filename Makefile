@@ -7,7 +7,7 @@ SAMPLES ?= 50
 SEARCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all install data search evaluate test test-fast lint bench bench-search bench-race clean \
+.PHONY: all install data search evaluate test test-fast lint bench bench-search bench-race bench-families clean \
         cluster-up cluster-join submit job-logs cluster-down
 
 all: data search evaluate  # in this order (no -j)
@@ -46,6 +46,11 @@ bench: data  # one epoch's throughput (about a minute)
 bench-race: data
 	git worktree add -f /tmp/emotion-old d161dce 2>/dev/null || true
 	$(PY) benchmarks/race.py --budget-s 240 --subset 4000 --old-code /tmp/emotion-old
+
+# the model families at the default search's wall budget, 2 seeds (benchmarks/families.py;
+# about an hour on 2 cores)
+bench-families: data
+	$(PY) benchmarks/families.py
 
 # issue #6's figures, each tens of minutes on 2 cores: run one at a time, nothing else running
 bench-search: data

@@ -85,16 +85,6 @@ def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
 
 # ---- the plain Optuna peer --------------------------------------------------------------------
 
-def _suggest(trial, key: str, spec: dict):
-    """A tuning/space.py range, sampled by Optuna's define-by-run API."""
-    kind, args = next(iter(spec.items()))
-    if kind == "choice":
-        return trial.suggest_categorical(key, args)
-    if kind == "int":
-        return trial.suggest_int(key, *args)
-    return trial.suggest_float(key, *args, log=kind == "loguniform")
-
-
 def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: float,
                  max_epochs: int, subset: int | None) -> None:
     """One of the peer's processes: trials of the shared study until the deadline."""
@@ -107,8 +97,7 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load_splits(subset)
     space = space_mod.load_space(None)
-    ranges = {k: v for k, v in space.items() if isinstance(v, dict)}
-    fixed = {k: v for k, v in space.items() if not isinstance(v, dict)}
+    sample = space_mod.ConditionalSpace(space)  # (the harness's define-by-run space)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=optuna.samplers.TPESampler(seed=seed * 1000 + worker),
@@ -116,8 +105,8 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
                                   min_resource=1, max_resource=max_epochs, reduction_factor=3))
 
     def objective(trial: optuna.Trial) -> float:
-        params = {k: _suggest(trial, k, spec) for k, spec in ranges.items()}
-        config = from_trial_params({**fixed, **params, SEARCH_SEED_KEY: seed,
+        fixed = sample(trial)
+        config = from_trial_params({**fixed, **trial.params, SEARCH_SEED_KEY: seed,
                                     "epochs": max_epochs, "threads": 1})
         best = None
         for epoch in train_epochs(config, common.SPLITS):
@@ -161,7 +150,7 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
     if not complete:
         sys.exit(f"optuna peer {name}: no trial completed within the budget")
     best = max(complete, key=lambda t: t.value)
-    fixed = {k: v for k, v in space.items() if not isinstance(v, dict)}
+    fixed = space_mod.ConditionalSpace(space)(optuna.trial.FixedTrial(best.params))
     return {"wall_s": round(wall, 1), "trials": len(study.trials),
             "epochs": sum(len(t.intermediate_values) for t in study.trials),
             "search_best_val_f1": max(v for _, v in trace),

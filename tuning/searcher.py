@@ -80,6 +80,15 @@ class EpochOptunaSearch(OptunaSearch):
                                      {int(e): v for e, v in w["intermediate_values"].items()}),
                 user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore of a saved searcher; one saved before the space was conditional held
+        Optuna's distributions of the searched keys, and would suggest trials without the fixed
+        ones: it keeps this driver's `ConditionalSpace` (the same keys, in the same order)."""
+        space = self._space
+        super().restore(checkpoint_path)
+        if callable(space) and not callable(self._space):
+            self._space = space
+
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)

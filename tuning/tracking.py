@@ -12,14 +12,15 @@ from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from model.config import TrainConfig, from_trial_params
+from model.config import TrainConfig, family_of, from_trial_params
 from plumbing.errors import DataError, UsageError
 from plumbing.paths import Paths
 from tuning.intensify import phase
 from tuning.outcome import trial_status
 
 # per epoch, as metric history (step = epoch)
-EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s",
+                 "params", "latency_ms", "sentences_per_s_b256")  # (the last three: model/speed.py)
 REGISTERED_MODEL = "emotion-lstm"
 STORES = ("sqlite:///", "postgresql://", "mysql://", "mssql://", "http://", "https://",
           "databricks")
@@ -100,7 +101,8 @@ class TrialRuns(MLflowLoggerCallback):
             return
         run = client.create_run(self.mlflow_util.experiment_id, run_name=f"trial_{trial.trial_id}",
                                 tags={**self.tags, "trial_id": trial.trial_id, "status": "running",
-                                      "phase": phase(trial.config)})
+                                      "phase": phase(trial.config),
+                                      "family": family_of(trial.config)})
         self._trial_runs[trial] = run.info.run_id
         from mlflow.entities import Param
 
@@ -195,8 +197,10 @@ def log_evaluation(uri: str, experiment: str, metrics: dict, folder: Path,
         mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
                             "test_f1_macro": metrics["f1_macro"],
                             "test_f1_weighted": metrics["f1_weighted"],
-                            "val_f1": metrics["val_f1"], "val_acc": metrics["val_acc"]})
-        mlflow.log_params({"trial_id": metrics["trial_id"], "best_epoch": metrics["best_epoch"]})
+                            "val_f1": metrics["val_f1"], "val_acc": metrics["val_acc"],
+                            **{k: metrics["speed"][k] for k in metrics.get("speed", {})}})
+        mlflow.log_params({"trial_id": metrics["trial_id"], "best_epoch": metrics["best_epoch"],
+                           "family": metrics.get("family", "rnn")})
         mlflow.log_artifacts(str(folder))
         log_pyfunc(Path(folder) / "model.pt", REGISTERED_MODEL)
         return run.info.run_id
