@@ -299,6 +299,23 @@ def test_the_frontier_and_fastest_within():
     assert fastest_within(tie, 0.005)["trial_id"] == "g"
 
 
+def test_the_report_reads_an_experiment_from_before_families():
+    """Trials measured no size or latency before families: the report's family table leaves
+    those cells empty instead of failing after the test pass."""
+    from tuning.report import frontier_section
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "phase": ["search", "search"],
+                           "status": ["completed", "asha_stopped"], "family": ["rnn", "rnn"],
+                           "best_val_f1": [0.9, 0.8], "latency_ms": [float("nan")] * 2,
+                           "sentences_per_s_b256": [float("nan")] * 2,
+                           "epoch_s": [float("nan")] * 2,
+                           "params": pd.array([None, None], dtype="Int64")})
+    m = {"trial_id": "a", "accuracy": 0.93, "f1_macro": 0.89,
+         "speed": {"params": 1000, "latency_ms": 0.3, "sentences_per_s_b256": 5000.0}}
+    text = "\n".join(frontier_section(m, trials))
+    assert "| rnn | 2 | a | 0.9000 | 0.9300 | 0.8900 |" in text
+
+
 # ---- searches across families (slow: real Ray) --------------------------------------------------
 
 @pytest.mark.slow
@@ -393,3 +410,19 @@ def test_search_flag_errors_for_families_exit_2(root, args, needle):
 def test_evaluate_pick_errors_exit_2(root, pick):
     proc = run_cli("tuning.evaluate_best", "--pick", *pick, root=root)
     assert proc.returncode == 2 and "--pick" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_multi_objective_search_survives_trials_that_diverge_before_any_latency(
+        prepared_root, tmp_path):
+    """A trial that diverges on its first epoch reports no latency (NaN): Tune wants every
+    objective's key in every result, and Optuna is told the trial FAIL, not a NaN objective."""
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--name", "nan",
+                   "--objectives", "f1,latency", "--optuna-storage", "sqlite:///optuna.db",
+                   *SEARCH_SMALL, root=root, env={"EMOTION_FAULT_DIVERGE_EPOCH": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = trials_csv(root, "nan")
+    assert list(table["status"]) == ["diverged", "diverged"] and table["latency_ms"].isna().all()
+    study = optuna.load_study(study_name="nan", storage="sqlite:///" + str(root / "optuna.db"))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2

@@ -249,7 +249,8 @@ def test_an_errored_trial_stays_errored_on_resume_and_the_stage_skips_it(prepare
     assert_study_matches_trials_csv(study_by_trial(storage, "crashy"), after)
 
 
-def _tune_trial(trial_id: str, folder, values: list[float], storage=None, config=None):
+def _tune_trial(trial_id: str, folder, values: list[float], storage=None, config=None,
+                last_result=None):
     """A trial as retention reads it: its id and config, and Tune's own record of its
     checkpoints (a real checkpoint manager, checkpoint_000000.. scored by val_f1)."""
     from types import SimpleNamespace
@@ -266,7 +267,8 @@ def _tune_trial(trial_id: str, folder, values: list[float], storage=None, config
             metrics={"val_f1": value, "epoch": epoch + 1}))
     # (a Tune config holds only the searched keys: here none of trials.csv's columns)
     return SimpleNamespace(trial_id=trial_id, config=config or {"epochs": 3}, storage=storage,
-                           run_metadata=SimpleNamespace(checkpoint_manager=manager))
+                           run_metadata=SimpleNamespace(checkpoint_manager=manager),
+                           last_result=last_result or {})
 
 
 class _Analysis:
@@ -543,3 +545,43 @@ def test_while_running_only_the_top_configurations_so_far_keep_a_checkpoint(tmp_
     save(retention, [*trials, better])
     assert kept("t30") == [] and kept("t31") == [] and kept("t40") == best_only
     assert kept("t80") == best_only and kept("t10") == best_only
+
+
+def test_while_running_the_f1_latency_frontier_keeps_its_checkpoints_too(tmp_path):
+    """A trial outside the top 5 keeps its best checkpoint while it is on the frontier of val
+    macro-F1 and latency (`evaluate_best --pick fastest-within` picks from it); an errored
+    trial, which trials.csv's frontier leaves out, does not push another off it."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from tuning.retention import Retention
+
+    def trial(trial_id, hidden, best, latency):
+        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
+                                  trial_fs_path=str(tmp_path / trial_id),
+                                  experiment_fs_path=str(tmp_path))
+        for epoch in range(2):
+            (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
+        return _tune_trial(trial_id, tmp_path / trial_id, [best - 0.1, best], storage,
+                           {"hidden_size": hidden, "epochs": 2},
+                           {"epoch": 2, "status": "completed", "latency_ms": latency})
+
+    # six slow good trials, one fast weak one, and an errored one faster and better than it
+    trials = [trial(f"t{h}", h, h / 100, 1.0) for h in range(50, 110, 10)]
+    fast = trial("fast", 1, 0.2, 0.05)
+    broken = trial("broken", 2, 0.3, 0.01)
+    retention = Retention()
+    for t in trials + [fast]:
+        retention.on_trial_complete(0, [*trials, fast, broken], t)
+    retention.on_trial_error(0, [*trials, fast, broken], broken)
+    (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": t.trial_id, "status": "TERMINATED"}), "{}"]
+        for t in [*trials, fast, broken]]}))
+    for _ in range(2):
+        retention.get_state()
+    kept = {t.trial_id: sorted(p.name for p in (tmp_path / t.trial_id).iterdir())
+            for t in [*trials, fast]}
+    assert kept["fast"] == ["checkpoint_000001"]  # on the frontier: the fastest measured
+    assert kept["t50"] == []  # neither in the top 5 nor on the frontier
+    assert all(kept[f"t{h}"] == ["checkpoint_000001"] for h in range(60, 110, 10))

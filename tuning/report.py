@@ -125,9 +125,10 @@ def frontier_section(m: dict, trials: pd.DataFrame) -> list[str]:
                      "val macro-F1": float(best["best_val_f1"]),
                      "test accuracy": m["accuracy"] if evaluated else "",
                      "test macro-F1": m["f1_macro"] if evaluated else "",
-                     "parameters": f"{int(best['params']):,}" if best["params"] == best["params"]
+                     "parameters": f"{int(best['params']):,}" if pd.notna(best["params"])
                      else "", "latency ms": float(best["latency_ms"]),
-                     "sentences/s (b256)": f"{best['sentences_per_s_b256']:,.0f}",
+                     "sentences/s (b256)": (f"{best['sentences_per_s_b256']:,.0f}"
+                                            if pd.notna(best["sentences_per_s_b256"]) else ""),
                      "epoch s": float(best["epoch_s"])})
     parts = ["## Families: the best trial of each (validation; test for the evaluated one only)",
              _table(rows, ["family", "trials", "best trial", "val macro-F1", "test accuracy",
@@ -139,7 +140,7 @@ def frontier_section(m: dict, trials: pd.DataFrame) -> list[str]:
               f"ms a sentence, {m['speed']['sentences_per_s_b256']:,.0f} sentences/s at batch "
               f"256, {m['speed']['params']:,} parameters.")]
     me = trials[trials["trial_id"] == m["trial_id"]]
-    if len(me) and me["latency_ms"].notna().all():
+    if len(me) and me["latency_ms"].notna().all() and done["latency_ms"].notna().any():
         f1, ms = float(me["best_val_f1"].iloc[0]), float(me["latency_ms"].iloc[0])
         near = done[(done["best_val_f1"] >= f1 - 0.01) & done["latency_ms"].notna()]
         fastest = near.loc[near["latency_ms"].idxmin()]

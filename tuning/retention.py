@@ -40,7 +40,7 @@ from ray.tune import Callback
 
 from model.config import REPLICATE_KEY
 from tuning.intensify import config_key, config_keys, leaders, table_leaders
-from tuning.outcome import LATENCY, METRIC, MODE, frontier
+from tuning.outcome import LATENCY, MEASURED, METRIC, MODE, frontier, trial_status
 
 LEADERS = 5
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -147,6 +147,7 @@ class Retention(Callback):
         self.settled: dict[str, object] = {}  # ended, and saved as ended in the storage
         self.trimmed: set[str] = set()  # pruned to their best
         self.emptied: set[str] = set()  # pruned to none
+        self.errored: set[str] = set()  # ended in an error
         self.trials: list = []  # every trial of the experiment (Tune's own list)
         self.snapshots = 0
 
@@ -159,6 +160,7 @@ class Retention(Callback):
 
     def on_trial_error(self, iteration: int, trials, trial, **info) -> None:
         self.trials = trials
+        self.errored.add(trial.trial_id)
         self.ended.setdefault(trial.trial_id, (trial, self.snapshots))
 
     def _keeping(self) -> set[str]:
@@ -172,8 +174,11 @@ class Retention(Callback):
         leading = {config_key(params[t]) for t, v in best.items() if v >= edge}
         replicated = {config_key(t.config) for t in self.trials if t.config.get(REPLICATE_KEY, 0)}
         # and the F1/latency frontier's (evaluate_best --pick fastest-within picks on it)
+        # (of the trials whose best measured their configuration, as trials.csv's `pareto`)
         speed = {t.trial_id: (t.last_result or {}).get(LATENCY) for t in ended
-                 if not t.config.get(REPLICATE_KEY, 0)}
+                 if not t.config.get(REPLICATE_KEY, 0) and t.trial_id not in self.errored
+                 and trial_status("TERMINATED", t.last_result, t.config.get("epochs", 0))
+                 in MEASURED}
         fast = frontier({t: (v, speed[t]) for t, v in best.items()
                          if isinstance(speed.get(t), int | float)})
         return leading | replicated | {config_key(params[t]) for t in fast}

@@ -26,6 +26,7 @@ values: a finished trial is told [its best val_f1, its latency_ms], a cut one PR
 from __future__ import annotations
 
 import logging
+import math
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
@@ -80,15 +81,6 @@ class EpochOptunaSearch(OptunaSearch):
                                      {int(e): v for e, v in w["intermediate_values"].items()}),
                 user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Tune's restore of a saved searcher; one saved before the space was conditional held
-        Optuna's distributions of the searched keys, and would suggest trials without the fixed
-        ones: it keeps this driver's `ConditionalSpace` (the same keys, in the same order)."""
-        space = self._space
-        super().restore(checkpoint_path)
-        if callable(space) and not callable(self._space):
-            self._space = space
-
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
@@ -135,7 +127,7 @@ class EpochOptunaSearch(OptunaSearch):
         value = max(values.values()) if state == TrialState.COMPLETE else None
         if self.multi and value is not None:
             value = [value, *self.others.get(trial_id, [])]
-            if any(not isinstance(v, int | float) for v in value):
+            if any(not isinstance(v, int | float) or math.isnan(v) for v in value):
                 value, state = None, TrialState.FAIL  # (no latency: nothing to learn from)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state,

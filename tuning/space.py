@@ -13,8 +13,9 @@ the fields' own rules.
 The space is conditional: `family` picks the network, and a trial samples only the keys its
 family reads (model/config.py `family_keys`), through Optuna's define-by-run interface
 (`ConditionalSpace`, handed to OptunaSearch as its space). So a trial's params, its seed, its
-row in trials.csv and its Optuna trial hold its family's hyperparameters only, TPE models each
-key over the trials that have it, and warm start, points-to-evaluate and the importance table
+row in trials.csv and its Optuna trial hold its family's hyperparameters only (Optuna's TPE
+models the keys every trial has jointly, the family among them, and a family's own keys over the
+trials that have them), and warm start, points-to-evaluate and the importance table
 work as before. With `family` fixed (the default, `rnn`), a trial asks for the same keys in the
 same order as the plain dict space did, so TPE suggests the same values.
 """

@@ -3,6 +3,7 @@ the Tuner that runs it: OptunaSearch (TPE) + ASHA over the space of tuning/space
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from model.speed import measure
 from tuning.outcome import METRIC, MODE
 
 CHECKPOINT_FILE = "state.pt"
+SPEED_KEYS = ("params", "latency_ms", "sentences_per_s_b256")  # (model/speed.py's figures)
 # Fault injection for the reliability tests. FAULT_EPOCH: a trial started fresh raises after this
 # epoch once; its retry resumes from the checkpoint and does not raise again. DIVERGE_EPOCH: the
 # training loss of every trial reads as NaN from this epoch on (a real divergence, as far as
@@ -59,7 +61,9 @@ def train_trial(config: dict, splits: Splits) -> None:
             if epoch.status == "diverged":
                 # Not an error: a retry would diverge again, deterministically. The trial ends
                 # with val_f1 0 (the worst macro-F1), which ASHA and Optuna rank like any result.
-                tune.report(metrics)
+                # (Unmeasured if it diverged on its first epoch: a multi-objective search's Tune
+                # wants every objective's key in every result, NaN or not)
+                tune.report({**dict.fromkeys(SPEED_KEYS, math.nan), **metrics})
                 return
             state = epoch.training_state()
             if not speed:
