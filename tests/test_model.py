@@ -277,7 +277,9 @@ def test_each_replicate_of_a_configuration_has_a_seed_of_its_own():
 
 @pytest.mark.parametrize("config,needle", [
     ({"hiden_size": 8}, "'hiden_size'"), ({"pooling": "attention"}, "'pooling'"),
-    ({"lr": -1}, "'lr'"), ({"bidirectional": "yes"}, "'bidirectional'")])
+    ({"lr": -1}, "'lr'"), ({"bidirectional": "yes"}, "'bidirectional'"),
+    ({"family": "cnn", "hidden_size": 64}, "'hidden_size' is a hyperparameter of family rnn"),
+    ({"family": "gpt"}, "'family'")])
 def test_cli_config_errors_exit_2_naming_the_key(prepared_root, tmp_path, config, needle):
     cfg = tmp_path / "bad.json"
     cfg.write_text(json.dumps(config))
