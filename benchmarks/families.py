@@ -149,7 +149,7 @@ def main() -> int:
     result["faster_within_0.01"] = [
         faster_near(default, [r for runs in result["runs"].values() for r in runs
                               if r["experiment"].endswith(f"-s{seed}")])
-        for default, seed in zip(result["runs"].get("rnn", []), args.seeds, strict=True)]
+        for default, seed in zip(result["runs"].get("rnn", []), args.seeds, strict=False)]
     for runs in result["runs"].values():
         for r in runs:
             del r["trials_table"]  # (kept in the per-search record only while running)
