@@ -271,6 +271,28 @@ def _tune_trial(trial_id: str, folder, values: list[float], storage=None, config
                            last_result=last_result or {})
 
 
+def _stored_trial(root, trial_id: str, best: float, config: dict, last_result=None):
+    """A trial of an experiment in folder `root` with two epochs' checkpoint folders on disk
+    (val_f1 best - 0.1, then best), as retention reads and prunes it."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
+                              trial_fs_path=str(root / trial_id), experiment_fs_path=str(root))
+    for epoch in range(2):
+        (root / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
+    return _tune_trial(trial_id, root / trial_id, [best - 0.1, best], storage, config, last_result)
+
+
+def _save_as_ended(retention, root, trials) -> None:
+    """Two experiment-state saves, the storage's saved state saying `trials` ended."""
+    (root / "experiment_state-x.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": t.trial_id, "status": "TERMINATED"}), "{}"] for t in trials]}))
+    for _ in range(2):
+        retention.get_state()
+
+
 class _Analysis:
     """What retention reads of an ExperimentAnalysis: its trials."""
 
@@ -502,27 +524,14 @@ def test_while_running_only_the_top_configurations_so_far_keep_a_checkpoint(tmp_
     """Ended trials outside the top 5 configurations so far (ties kept) keep no checkpoint,
     unless a stage replicated their configuration; a kept one that falls out of the top later
     is emptied then. So the search holds about 5 trials' best, whatever its samples."""
-    from types import SimpleNamespace
-
-    import pyarrow.fs as pafs
-
     from tuning.retention import Retention
 
     def trial(trial_id, hidden, best, replicate=0):
-        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
-                                  trial_fs_path=str(tmp_path / trial_id),
-                                  experiment_fs_path=str(tmp_path))
-        for epoch in range(2):
-            (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
-        return _tune_trial(trial_id, tmp_path / trial_id, [best - 0.1, best], storage,
-                           {"hidden_size": hidden, "epochs": 2, "replicate": replicate})
+        return _stored_trial(tmp_path, trial_id, best,
+                             {"hidden_size": hidden, "epochs": 2, "replicate": replicate})
 
-    def save(retention, trials):  # Tune's saves, the storage's state saying they ended
-        (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [
-            [json.dumps({"trial_id": t.trial_id, "status": "TERMINATED"}), "{}"]
-            for t in trials]}))
-        for _ in range(2):
-            retention.get_state()
+    def save(retention, trials):
+        _save_as_ended(retention, tmp_path, trials)
 
     def kept(trial_id):
         return sorted(p.name for p in (tmp_path / trial_id).iterdir())
@@ -551,21 +560,11 @@ def test_while_running_the_f1_latency_frontier_keeps_its_checkpoints_too(tmp_pat
     """A trial outside the top 5 keeps its best checkpoint while it is on the frontier of val
     macro-F1 and latency (`evaluate_best --pick fastest-within` picks from it); an errored
     trial, which trials.csv's frontier leaves out, does not push another off it."""
-    from types import SimpleNamespace
-
-    import pyarrow.fs as pafs
-
     from tuning.retention import Retention
 
     def trial(trial_id, hidden, best, latency):
-        storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(),
-                                  trial_fs_path=str(tmp_path / trial_id),
-                                  experiment_fs_path=str(tmp_path))
-        for epoch in range(2):
-            (tmp_path / trial_id / f"checkpoint_00000{epoch}").mkdir(parents=True)
-        return _tune_trial(trial_id, tmp_path / trial_id, [best - 0.1, best], storage,
-                           {"hidden_size": hidden, "epochs": 2},
-                           {"epoch": 2, "status": "completed", "latency_ms": latency})
+        return _stored_trial(tmp_path, trial_id, best, {"hidden_size": hidden, "epochs": 2},
+                             {"epoch": 2, "status": "completed", "latency_ms": latency})
 
     # six slow good trials, one fast weak one, and an errored one faster and better than it
     trials = [trial(f"t{h}", h, h / 100, 1.0) for h in range(50, 110, 10)]
@@ -575,11 +574,7 @@ def test_while_running_the_f1_latency_frontier_keeps_its_checkpoints_too(tmp_pat
     for t in trials + [fast]:
         retention.on_trial_complete(0, [*trials, fast, broken], t)
     retention.on_trial_error(0, [*trials, fast, broken], broken)
-    (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [
-        [json.dumps({"trial_id": t.trial_id, "status": "TERMINATED"}), "{}"]
-        for t in [*trials, fast, broken]]}))
-    for _ in range(2):
-        retention.get_state()
+    _save_as_ended(retention, tmp_path, [*trials, fast, broken])
     kept = {t.trial_id: sorted(p.name for p in (tmp_path / t.trial_id).iterdir())
             for t in [*trials, fast]}
     assert kept["fast"] == ["checkpoint_000001"]  # on the frontier: the fastest measured
