@@ -19,6 +19,7 @@ SENTENCES = 128       # batch-1 passes timed (after WARMUP untimed ones)
 WARMUP = 8
 BATCH = 256
 BATCH_ROWS = 1024     # rows timed at batch BATCH
+FIGURES = ("params", "latency_ms", "sentences_per_s_b256")  # what `measure` returns
 
 
 def parameter_count(model: nn.Module) -> int:

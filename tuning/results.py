@@ -19,6 +19,7 @@ from model.config import (
     family_of,
     from_trial_params,
 )
+from model.speed import FIGURES
 from plumbing.errors import DataError
 from plumbing.files import write_text
 from tuning.intensify import SEARCH, choose, fastest_within, phase
@@ -29,10 +30,8 @@ OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resu
 # trials.csv's columns of configuration: every hyperparameter (a trial's row fills those its
 # family reads; the others are empty), and the epochs a trial could run
 CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
-INT_COLUMNS = [k for k in CONFIG_COLUMNS if type(
-    next(family_defaults(f)[k] for f in FAMILIES if k in family_defaults(f))) is int]
-# what each trial measured of its network (model/speed.py), and its mean epoch time
-SPEED_COLUMNS = ["params", LATENCY, "sentences_per_s_b256"]
+_DEFAULTS = {k: v for f in reversed(FAMILIES) for k, v in family_defaults(f).items()}
+INT_COLUMNS = [k for k in CONFIG_COLUMNS if type(_DEFAULTS[k]) is int]  # (stay int when empty)
 
 
 def load_experiment(storage: Storage, name: str) -> ExperimentAnalysis:
@@ -79,7 +78,7 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
             row.update(best_val_f1=math.nan, best_epoch=None, last_val_f1=math.nan, epochs_run=0,
                        time_s=0.0)
         row["failures"] = int(trial.run_metadata.num_failures)  # crashes Tune retried (or not)
-        for key in SPEED_COLUMNS:
+        for key in FIGURES:  # what the trial measured of its network (model/speed.py)
             measured = history[key].dropna() if has and key in history else ()
             row[key] = float(measured.iloc[-1]) if len(measured) else math.nan
         epochs = history["epoch_s"].dropna() if has and "epoch_s" in history else ()

@@ -13,6 +13,7 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from model.config import TrainConfig, family_of, from_trial_params
+from model.speed import FIGURES
 from plumbing.errors import DataError, UsageError
 from plumbing.paths import Paths
 from tuning.intensify import phase
@@ -20,7 +21,7 @@ from tuning.outcome import trial_status
 
 # per epoch, as metric history (step = epoch)
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s",
-                 "params", "latency_ms", "sentences_per_s_b256")  # (the last three: model/speed.py)
+                 *FIGURES)
 REGISTERED_MODEL = "emotion-lstm"
 STORES = ("sqlite:///", "postgresql://", "mysql://", "mssql://", "http://", "https://",
           "databricks")

@@ -17,11 +17,10 @@ from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkp
 from model.config import TrainConfig, from_trial_params
 from model.data import Splits
 from model.loop import train_epochs
-from model.speed import measure
+from model.speed import FIGURES, measure
 from tuning.outcome import METRIC, MODE
 
 CHECKPOINT_FILE = "state.pt"
-SPEED_KEYS = ("params", "latency_ms", "sentences_per_s_b256")  # (model/speed.py's figures)
 # Fault injection for the reliability tests. FAULT_EPOCH: a trial started fresh raises after this
 # epoch once; its retry resumes from the checkpoint and does not raise again. DIVERGE_EPOCH: the
 # training loss of every trial reads as NaN from this epoch on (a real divergence, as far as
@@ -63,7 +62,7 @@ def train_trial(config: dict, splits: Splits) -> None:
                 # with val_f1 0 (the worst macro-F1), which ASHA and Optuna rank like any result.
                 # (Unmeasured if it diverged on its first epoch: a multi-objective search's Tune
                 # wants every objective's key in every result, NaN or not)
-                tune.report({**dict.fromkeys(SPEED_KEYS, math.nan), **metrics})
+                tune.report({**dict.fromkeys(FIGURES, math.nan), **metrics})
                 return
             state = epoch.training_state()
             if not speed:
