@@ -152,7 +152,10 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
     pafs.copy_files(exp, str(local), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())
     from_copy = evaluate(str(local), tmp_path / "eval-copy")
+    # the same numbers (the latency is a timing: the same network, measured twice)
+    uri_speed, copy_speed = from_uri.pop("speed"), from_copy.pop("speed")
     assert from_uri == from_copy and from_uri["trial_id"] in set(table["trial_id"])
+    assert uri_speed["params"] == copy_speed["params"] > 0
 
 
 @slow

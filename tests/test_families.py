@@ -416,12 +416,15 @@ def test_evaluate_pick_errors_exit_2(root, pick):
 def test_a_multi_objective_search_survives_trials_that_diverge_before_any_latency(
         prepared_root, tmp_path):
     """A trial that diverges on its first epoch reports no latency (NaN): Tune wants every
-    objective's key in every result, and Optuna is told the trial FAIL, not a NaN objective."""
+    objective's key in every result, and Optuna is told the trial FAIL, not a NaN objective.
+    (Every trial diverged here, so no trial kept a checkpoint: the search says so once, exit 1,
+    after the trials ran and were told, as any search whose every trial diverged.)"""
     root = search_root(prepared_root, tmp_path, with_test=False)
     proc = run_cli("tuning.search", "--samples", "2", "--max-epochs", "2", "--name", "nan",
                    "--objectives", "f1,latency", "--optuna-storage", "sqlite:///optuna.db",
                    *SEARCH_SMALL, root=root, env={"EMOTION_FAULT_DIVERGE_EPOCH": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "kept no checkpoint" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
     table = trials_csv(root, "nan")
     assert list(table["status"]) == ["diverged", "diverged"] and table["latency_ms"].isna().all()
     study = optuna.load_study(study_name="nan", storage="sqlite:///" + str(root / "optuna.db"))

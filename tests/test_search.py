@@ -210,7 +210,8 @@ def _phases_on_the_leaders(table: pd.DataFrame, top: int):
     """trials.csv's search and intensification rows (a `config` column added to `table`: its
     hyperparameters), once asserted that the replicated configurations are the search's `top`
     distinct ones by best val_f1."""
-    hyper = [c for c in HYPERPARAMETERS if c in table]
+    # (the columns of the family these searches ran, rnn: the other families' are empty)
+    hyper = [c for c in HYPERPARAMETERS if c in table and table[c].notna().all()]
     table["config"] = list(table[hyper].itertuples(index=False, name=None))
     search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
     leaders = search.sort_values("best_val_f1", ascending=False).drop_duplicates("config").head(top)
