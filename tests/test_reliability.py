@@ -227,3 +227,19 @@ def test_reports_hold_no_absolute_paths_or_tokens(evaluated_root):
             text = f.read_text()
             assert str(root) not in text and str(Path.home()) + "/" not in text, f
             assert token not in text, f
+
+
+@pytest.mark.slow
+def test_a_tuner_state_cut_short_by_a_kill_is_put_back_from_the_kept_copy(prepared_root, tmp_path):
+    """Tune rewrites tuner.pkl in place at every start and resume; a kill -9 in that window
+    leaves it empty (seen in CI: `--resume` then failed with EOFError). The search keeps a copy
+    of the last whole one and a resume puts it back."""
+    root = search_root(prepared_root, tmp_path, with_test=False)
+    args = ["--samples", "2", "--max-epochs", "1", "--name", "cut", *SEARCH_SMALL]
+    assert run_cli("tuning.search", *args, root=root).returncode == 0
+    state = root / "ray_results" / "cut" / "tuner.pkl"
+    assert (root / "ray_results" / "cut" / "tuner.pkl.kept").read_bytes() == state.read_bytes()
+    state.write_bytes(b"")  # what a kill -9 during Tune's rewrite leaves
+    proc = run_cli("tuning.search", "--resume", "--name", "cut", "--no-dashboard", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "was cut short" in proc.stderr and state.stat().st_size > 0

@@ -151,6 +151,35 @@ def warm_start(flag: str, storage, space: dict, opts: dict) -> list[dict]:
     return warm_trials(source, name, space, opts)
 
 
+TUNER_STATE, KEPT_STATE = "tuner.pkl", "tuner.pkl.kept"
+
+
+def keep_tuner_state(storage, name: str, restore: bool = False) -> None:
+    """Tune rewrites tuner.pkl in place (no temporary file) each time a Tuner is made or
+    restored: a kill -9 in that window leaves it cut short, and the experiment could not be
+    resumed (EOFError). So a copy of the last whole one is kept beside it (written to a
+    temporary name, then moved), and put back before a restore if tuner.pkl is not whole."""
+    import pyarrow.fs as pafs
+
+    fs, state, kept = storage.fs, storage.path(name, TUNER_STATE), storage.path(name, KEPT_STATE)
+
+    def whole(path: str) -> bool:  # (a pickle ends with its STOP opcode)
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File or not info.size:
+            return False
+        with fs.open_input_file(path) as f:
+            f.seek(info.size - 1)
+            return f.read(1) == b"."
+
+    if whole(state):
+        fs.copy_file(state, kept + ".tmp")
+        fs.move(kept + ".tmp", kept)
+    elif restore and whole(kept):
+        print(f"{storage.uri(name, TUNER_STATE)} was cut short (a kill while Tune rewrote it): "
+              f"using the copy kept beside it", file=sys.stderr)
+        fs.copy_file(kept, state)
+
+
 def check_resume_flags(args, opts: dict) -> None:
     """--resume takes the experiment's own settings: a --max-epochs or --space given with it
     must be the experiment's (a resumed or extended trial must compare with the others)."""
@@ -295,11 +324,13 @@ def main(argv=None) -> int:
             # searcher, the stage and the concurrency limit all took it as ended (a rerun would
             # run beside the limit, start after the stage chose its leaders, and never be told
             # to the searcher, which ConcurrencyLimiter only forwards for its live trials)
+            keep_tuner_state(storage, name, restore=True)
             tuner = tune.Tuner.restore(storage.path(name), trainable=trainable,
                                        resume_unfinished=True, resume_errored=False,
                                        storage_filesystem=storage.ray_kwargs()["storage_filesystem"])
         else:
             tuner = make_tuner(opts, trainable, storage)
+        keep_tuner_state(storage, name)
         # SIGTERM stops like Ctrl-C: Tune saves the experiment state, then we say how to resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         if not opts.get("verbose"):

@@ -56,7 +56,19 @@ class EpochOptunaSearch(OptunaSearch):
         self.search_id = search_id  # on each trial: a study shared by namesakes tells them apart
         self.values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: val_f1} reported
         self.others: dict[str, list] = {}  # trial id -> its last figures of the other objectives
+        # The define-by-run space is taken up when Tune sets the search properties, not here:
+        # given to OptunaSearch's __init__ it would build the study at once, and Tune pickles
+        # the searcher, study and all, into tuner.pkl, which a resume rewrites, a window a
+        # kill -9 can leave it empty in (the searcher's own state is saved with the experiment)
+        self.conditional_space = kwargs.pop("space", None)
         super().__init__(*args, **kwargs)
+
+    def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+        if self._space:  # (restored with the experiment)
+            return False
+        self._space = self.conditional_space
+        self._setup_study(self._mode)
+        return True
 
     @property
     def multi(self) -> bool:
