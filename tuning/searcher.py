@@ -64,8 +64,8 @@ class EpochOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
-        if self._space:  # (restored with the experiment)
-            return False
+        if self._space or self.conditional_space is None:  # (restored; or Tune's dict space)
+            return super().set_search_properties(metric, mode, config, **spec)
         self._space = self.conditional_space
         self._setup_study(self._mode)
         return True
