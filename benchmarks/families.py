@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -86,8 +87,8 @@ def faster_near(default: dict, searches: list[dict], within: float = 0.01) -> di
     """Among every trial of `searches`, the fastest (search-time latency) within `within` val
     macro-F1 of the default winner, and how many times faster than it (search-time, alike)."""
     rows = [r for s in searches for r in s["trials_table"]
-            if r["phase"] == "search" and r["best_val_f1"] == r["best_val_f1"]
-            and r["latency_ms"] == r["latency_ms"] and r["best_val_f1"] >= default["val_f1"] - within]
+            if r["phase"] == "search" and not math.isnan(r["latency_ms"])
+            and r["best_val_f1"] >= default["val_f1"] - within]  # (NaN >= x is False)
     if not rows:
         return None
     fastest = min(rows, key=lambda r: r["latency_ms"])
