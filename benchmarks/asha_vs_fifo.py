@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("extra", nargs="*", help="more flags for tuning.search (after --)")
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    from tuning.search import parse_args
+    from tuning.search.flags import parse_args
 
     max_epochs = parse_args(args.extra).max_epochs
     # the search phase only: intensification would add the same full runs to both

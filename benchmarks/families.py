@@ -50,9 +50,9 @@ def measure_pick(name: str) -> dict:
     from model.data import load_processed
     from model.loop import evaluate
     from model.speed import measure
-    from tuning.results import load_experiment, trials_frame, winner
+    from tuning.results.tables import load_experiment, trials_frame, winner
+    from tuning.search.trainable import read_checkpoint
     from tuning.storage import open_storage
-    from tuning.trainable import read_checkpoint
 
     p = paths()
     analysis = load_experiment(open_storage(None, p.ray_results), name)

@@ -2,6 +2,7 @@
 
     python benchmarks/race.py [--budget-s 1190] [--search-seeds 0 1 2] [--subset N]
                               [--variants old-default asha-g1 ...] [--old-code DIR]
+    python benchmarks/race.py --variants fp32 bf16 --samples 50   # issue #29: precisions
 
 Every variant gets the same wall budget (`--time-budget-s`, and the peer stops at it too), one
 after another on this machine, in an order rotated from one search seed to the next:
@@ -44,7 +45,12 @@ VARIANTS = {  # name -> flags for tuning.search (None: not a tuning.search run)
     "fifo": ["--grace-period", "{max_epochs}"],
     "random-asha": ["--grace-period", "1", "--sampler", "random"],
     "optuna": None,
+    # issue #29: the default search in each precision (with --samples 50: the whole search, no
+    # budget); bf16 where the CPU has it natively (tuning.search refuses it elsewhere)
+    "fp32": ["--grace-period", "1", "--precision", "fp32"],
+    "bf16": ["--grace-period", "1", "--precision", "bf16"],
 }
+RACE = ["old-default", "asha-g1", "asha-g2", "fifo", "random-asha", "optuna"]  # the default race
 FRESH_SEEDS = (1_000_003, 1_000_033, 1_000_037)  # for scoring picks; no search derives these
 DISTILBERT = {"accuracy": 0.927, "f1_macro": 0.8825}
 
@@ -52,9 +58,11 @@ DISTILBERT = {"accuracy": 0.927, "f1_macro": 0.8825}
 def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
     """One tuning.search run of `variant` under the budget; returns its trace and pick."""
     flags = [f.format(max_epochs=args.max_epochs) for f in VARIANTS[variant]]
-    cmd = [sys.executable, "-m", "tuning.search", "--samples", "1000", "--name", name,
+    cmd = [sys.executable, "-m", "tuning.search", "--name", name,
            "--no-dashboard", "--seed", str(seed), "--max-epochs", str(args.max_epochs),
-           "--time-budget-s", str(args.budget_s), "--intensify-top", "0", *flags]
+           "--intensify-top", "0", *flags]
+    cmd += (["--samples", str(args.samples)] if args.samples else
+            ["--samples", "1000", "--time-budget-s", str(args.budget_s)])
     if args.subset:
         cmd += ["--subset", str(args.subset)]
     env = dict(os.environ)
@@ -72,7 +80,7 @@ def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
 
     p = paths()
     best = json.loads((p.search_reports / name / "best_config.json").read_text())
-    trials = pd.read_csv(p.search_reports / name / "trials.csv")
+    trials = pd.read_csv(p.search_reports / name / "trials.csv", dtype={"trial_id": str})
     trace = []  # (seconds since the start, val_f1) of every epoch any trial reported
     for progress_csv in (p.ray_results / name).glob("trial_*/progress.csv"):
         progress = pd.read_csv(progress_csv)
@@ -126,13 +134,14 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
 def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
     import optuna
 
+    from tuning import points as points_mod
     from tuning import space as space_mod
 
     journal = str(folder / f"{name}.journal")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     space = space_mod.load_space(None)
-    for point in space_mod.known_good_points(space):
+    for point in points_mod.known_good_points(space):
         study.enqueue_trial({k: v for k, v in point.items() if k in space_mod.to_optuna(space)})
     start = time.time()
     deadline = start + args.budget_s
@@ -163,7 +172,7 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
 def _retrain(config: dict, seed: int, max_epochs: int) -> dict:
     """Best val macro-F1 of `config` trained with `seed`, and test figures at that epoch
     (evaluate_best's own --reseed)."""
-    from tuning.evaluate_best import reseed
+    from tuning.results.reseed import reseed
 
     [row] = reseed({**config, "epochs": max_epochs, "threads": 1}, common.SPLITS, [seed])
     return {"val_f1": row["val_f1"], "accuracy": row["test_accuracy"],
@@ -227,7 +236,10 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=1190.0,
                     help="wall budget of every search (default: a default 50-trial search's)")
     ap.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=RACE)
+    ap.add_argument("--samples", type=int, default=None,
+                    help="run this many trials each, with no wall budget (e.g. 50 with "
+                         "--variants fp32 bf16: issue #29's comparison); not for optuna")
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--subset", type=int, default=None,
                     help="train on the first N train rows (all searches and the scoring)")
@@ -237,6 +249,8 @@ def main() -> int:
     args = ap.parse_args()
     if "old-default" in args.variants and args.old_code is None:
         ap.error("old-default needs --old-code DIR")
+    if args.samples and "optuna" in args.variants:
+        ap.error("--samples: the optuna peer runs to the wall budget only")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = paths().artifacts / "race" / stamp
     folder.mkdir(parents=True, exist_ok=True)

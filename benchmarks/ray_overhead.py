@@ -19,7 +19,6 @@ Target: overhead <= 0.05.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -56,8 +55,11 @@ def main() -> int:
     if not args.experiment:
         ray_wall = run_search(name, args.samples, args.extra)
     exp = p.ray_results / name
-    options = json.loads((p.search_reports / name / "search_options.json").read_text())
-    workers = options["concurrency"]
+    from tuning.options import read_options
+    from tuning.storage import open_storage
+
+    options = read_options(open_storage(None, p.ray_results), name)
+    workers = options.concurrency
     trials = [{"config": params,
                "start": progress["timestamp"].min() - progress["time_this_iter_s"].iloc[0],
                "end": progress["timestamp"].max(),
@@ -75,7 +77,7 @@ def main() -> int:
     study = optuna.create_study(direction="maximize")
     curves, plain_epoch_s = {}, 0.0
     with ProcessPoolExecutor(workers, initializer=load_splits,
-                             initargs=(options["subset"],)) as pool:
+                             initargs=(options.subset,)) as pool:
         pending, queue = {}, list(enumerate(trials))
         while queue or pending:
             while queue and len(pending) < workers:

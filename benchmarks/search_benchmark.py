@@ -63,7 +63,7 @@ def main() -> int:
         print(evaluate.stderr[-3000:], file=sys.stderr)
         return evaluate.returncode
     metrics = json.loads((p.best / "metrics.json").read_text())
-    trials = pd.read_csv(p.search_reports / name / "trials.csv")
+    trials = pd.read_csv(p.search_reports / name / "trials.csv", dtype={"trial_id": str})
     result = {
         "wall_s": round(wall, 1),
         "evaluate_s": round(evaluate_s, 1),

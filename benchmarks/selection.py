@@ -63,14 +63,15 @@ def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = N
     from model.checkpoint import model_from_checkpoint
     from model.data import load_processed
     from model.loop import evaluate
-    from tuning.intensify import INTENSIFY, SEARCH, config_keys, search_leaders
-    from tuning.results import load_experiment, search_options, trials_frame, winner
+    from tuning.options import read_options
+    from tuning.results.tables import load_experiment, trials_frame, winner
+    from tuning.search.trainable import read_checkpoint
+    from tuning.selection import INTENSIFY, SEARCH, config_keys, search_leaders
     from tuning.storage import open_storage
-    from tuning.trainable import read_checkpoint
 
     storage = open_storage(None, paths().ray_results)
     analysis = load_experiment(storage, name)
-    opts = search_options(paths().search_reports / name, storage, name)
+    opts = read_options(storage, name)
     trials = trials_frame(analysis)
     trials["config"] = config_keys(trials)
     search, stage = trials[trials["phase"] == SEARCH], trials[trials["phase"] == INTENSIFY]
@@ -94,7 +95,7 @@ def picks(name: str, stages: list[tuple[int, int]], started_at: float | None = N
                      "epochs": int(search["epochs_run"].sum() + kept["epochs_run"].sum()),
                      "all_epochs": int(trials["epochs_run"].sum()),
                      "search_phase_s": round(float(phase_end), 1),
-                     "stage_s_estimated": round(kept["time_s"].sum() / opts["concurrency"], 1)})
+                     "stage_s_estimated": round(kept["time_s"].sum() / opts.concurrency, 1)})
     return rows
 
 

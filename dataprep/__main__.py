@@ -9,7 +9,7 @@ from plumbing.errors import UsageError
 from plumbing.paths import paths
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = ArgumentParser(prog="python -m dataprep", description=(
         "Build data/processed/{train,val,test}.parquet and artifacts/vocab.json from the raw "
         "dair-ai/emotion splits (a local folder, the data/raw cache, or the Hugging Face hub)."))
@@ -22,7 +22,12 @@ def main(argv=None) -> int:
                     help="at most N tokens, <pad> and <unk> included (default: no limit)")
     args = ap.parse_args(argv)
     if args.max_vocab is not None and args.max_vocab < 3:
-        raise UsageError("--max-vocab must be >= 3 (<pad>, <unk> and at least one token)")
+        ap.error("argument --max-vocab: must be >= 3 (<pad>, <unk> and at least one token)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     source, origin = build.default_source(args.source)
     if source is not None and not source.is_dir():
         raise UsageError(f"{origin}: {source} is not a folder")

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from model.bag import BagClassifier, BagConfig
 from model.cnn import CNNClassifier, CNNConfig
-from model.fields import Checked, in_range, typed
+from model.fields import Checked, in_range, one_of, typed
 from model.network import RNNClassifier, RNNConfig
+from model.precision import PRECISIONS
 from model.transformer import TransformerClassifier, TransformerConfig
 from plumbing.errors import UsageError
 
@@ -64,6 +65,9 @@ class RunConfig(Checked):
     device: str = typed("cpu", lambda v: v in ("cpu", "cuda") or v.startswith("cuda:"),
                          "cpu or cuda[:N]")
     eval_batch_size: int = in_range(1024, 1, 1_000_000)
+    # what the forward passes compute in (model/precision.py): fp32, or bf16/fp16 autocast with
+    # float32 weights and optimizer state
+    precision: str = one_of("fp32", PRECISIONS)
 
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
@@ -141,8 +145,12 @@ class TrainConfig:
         return TrainConfig.from_flat({**self.to_flat(), **changes})
 
     def id(self) -> str:
-        """A short hash of the whole config (names `python -m model.train`'s run folders)."""
-        return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()[:10]
+        """A short hash of the whole config (names `python -m model.train`'s run folders); an
+        fp32 config's leaves precision out, so its folder is the one it had before precisions."""
+        flat = self.to_flat()
+        if flat["precision"] == "fp32":
+            del flat["precision"]
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
 
     def network(self, vocab_size: int):
         """The family's network for this config (untrained)."""

@@ -44,10 +44,9 @@ def train_one(cfg: TrainConfig, splits: Splits, run_dir: Path, log=print) -> dic
             "epochs_run": result.epoch, "checkpoint": str(run_dir / "best.pt")}
 
 
-def main(argv=None) -> int:
-    from model.data import load_processed
-    from plumbing.cli import ArgumentParser, non_negative_int, positive_int, read_yaml_or_json
-    from plumbing.paths import paths
+def parse_args(argv=None):
+    from model.precision import CHOICES
+    from plumbing.cli import ArgumentParser, non_negative_int, positive_int
 
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--config", metavar="FILE",
@@ -57,9 +56,36 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=positive_int)
     ap.add_argument("--seed", type=non_negative_int)
     ap.add_argument("--threads", type=positive_int)
+    ap.add_argument("--precision", choices=CHOICES,
+                    help="what it computes in (model/precision.py; default: the config's, fp32)")
     ap.add_argument("--subset", type=positive_int, metavar="N",
                     help="use only the first N train and validation rows (as the search's --subset)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def run_precision(asked: str | None, cfg: TrainConfig) -> str:
+    """--precision resolved for the config's device; without it, the config's own (a bf16
+    search's best_config.json), refused as --precision would be where the device lacks it."""
+    from model.precision import resolve
+    from plumbing.errors import UsageError
+
+    if asked is None and cfg.run.precision == "fp32":
+        return "fp32"
+    try:
+        precision = resolve(asked or cfg.run.precision, cfg.run.device, cfg.run.threads)
+    except UsageError as e:
+        raise UsageError(str(e) if asked else f"the config's precision is {cfg.run.precision}: {e}"
+                         ) from None
+    print(f"precision {precision.note}", file=sys.stderr)
+    return precision.precision
+
+
+def main(argv=None) -> int:
+    from model.data import load_processed
+    from plumbing.cli import read_yaml_or_json
+    from plumbing.paths import paths
+
+    args = parse_args(argv)
     flat = {}
     if args.config:
         flat = config_from_document(read_yaml_or_json(args.config, "--config"),
@@ -68,6 +94,7 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             flat[key] = getattr(args, key)
     cfg = TrainConfig.from_flat(flat)
+    cfg = cfg.replace(precision=run_precision(args.precision, cfg))
     p = paths()
     splits = load_processed(p)
     if args.subset:

@@ -64,13 +64,18 @@ def read_live_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(complete))
 
 
-def study_by_trial(storage: str, name: str) -> dict:
-    """A stored Optuna study's trials by their Tune trial id (user attribute trial_id)."""
+def study_by_trial(storage: str, name: str, warm: bool = False) -> dict:
+    """A stored Optuna study's trials by their Tune trial id (user attribute trial_id): this
+    search's own, and with `warm` those it learnt from another experiment (attribute
+    warm_start). A trial with no trial id (enqueued, never asked for) fails here."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
-    return {t.user_attrs["trial_id"]: t for t in study.trials}
+    assert all("trial_id" in t.user_attrs for t in study.trials), [
+        (t.number, t.state.name) for t in study.trials if "trial_id" not in t.user_attrs]
+    return {t.user_attrs["trial_id"]: t for t in study.trials
+            if warm or "warm_start" not in t.user_attrs}
 
 
 def assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:
@@ -199,11 +204,13 @@ def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
     """A real search on a subset: 4 trials, then its top 2 configurations with one more seed
     each (intensification), its Optuna study in optuna.db, run in a root with no test split
     (the search must not need it); the test split is copied in afterwards for evaluate_best.
-    Returns the root."""
+    One trial at a time: with the seeded TPE and seeded training, the same trials in the same
+    order with the same values every run, so what ASHA cuts (at a rung, by the values of the
+    trials that came before) is the same on any machine. Returns the root."""
     root = search_root(prepared_root, tmp_path_factory.mktemp("tiny"), with_test=False)
     proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
                    "--reduction-factor", "2", "--name", "tiny", *SEARCH_SMALL,
-                   "--intensify-top", "2", "--intensify-seeds", "1",
+                   "--concurrency", "1", "--intensify-top", "2", "--intensify-seeds", "1",
                    "--optuna-storage", "sqlite:///optuna.db", root=root)  # (root/optuna.db)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (root / "search.log").write_text(proc.stdout + proc.stderr)  # what the terminal showed
@@ -211,3 +218,26 @@ def tiny_experiment(prepared_root, tmp_path_factory) -> Path:
 
     shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")
     return root
+
+
+BUCKET = "exps"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 protocol endpoint on 127.0.0.1 with one bucket; dummy credentials in the
+    environment (every process started from here, Ray's included, inherits them)."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    yield f"{host}:{port}", fs
+    server.stop()

@@ -15,6 +15,7 @@ import pytest
 
 from model.checkpoint import load_checkpoint
 from tests.conftest import (
+    BUCKET,
     SEARCH_SMALL,
     free_port,
     run_cli,
@@ -22,29 +23,15 @@ from tests.conftest import (
     start_background,
     stop_group,
 )
-from tests.helpers import assert_epochs, start_search, stderr_of, trials_csv, wait_for
+from tests.helpers import (
+    assert_epochs,
+    start_search,
+    stderr_of,
+    trials_csv,
+    wait_for,
+)
 
 slow = pytest.mark.slow
-BUCKET = "exps"
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """An S3 protocol endpoint on 127.0.0.1 with one bucket; dummy credentials in the
-    environment (every process started from here, Ray's included, inherits them)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
-                           allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    yield f"{host}:{port}", fs
-    server.stop()
 
 
 def _keys(fs, path: str) -> list[str]:
@@ -69,8 +56,11 @@ def test_storage_paths_keep_the_query_and_never_paste_onto_it(s3):
     with pytest.raises(UsageError, match="--storage nope://x: not a storage URI"):
         open_storage("nope://x", None)
     local = open_storage("file:///tmp/exps", None)  # a file:// URI is a local folder
-    assert local.is_local and local.root == "/tmp/exps" and local.ray_kwargs() == {
-        "storage_path": "/tmp/exps", "storage_filesystem": None}
+    kwargs = local.ray_kwargs()  # (Tune writes a local folder through tuning/atomic_fs.py)
+    from tuning.atomic_fs import AtomicLocalHandler
+
+    assert local.is_local and local.root == "/tmp/exps" and kwargs["storage_path"] == "/tmp/exps"
+    assert isinstance(kwargs["storage_filesystem"].handler, AtomicLocalHandler)
 
 
 @slow
@@ -137,7 +127,7 @@ def test_a_two_node_search_in_a_bucket_resumes_after_kill_9_and_evaluates_from_t
         assert load_checkpoint(local)["epoch"] == best, trial_id
         nodes.update(progress["node_id"])
     assert len(nodes) == 2, "trials ran on both nodes"
-    assert f"{BUCKET}/runs/bucket/search_options.json" in keys
+    assert f"{BUCKET}/runs/bucket/harness/search_options.json" in keys
 
     # evaluate from the URI, in a root that never saw the search, and from a local copy
     def evaluate(experiment: str, where) -> dict:
@@ -220,64 +210,3 @@ def test_the_makefiles_cluster_targets_run_a_search_as_a_ray_job_with_token_auth
     assert (root / "ray_results" / "job").is_dir()
 
 
-@slow
-def test_a_search_with_a_stage_in_a_bucket_is_extended_and_its_stage_follows(prepared_root,
-                                                                              tmp_path, s3):
-    """4 trials and a 1 x 1 stage, all in the bucket; `--resume --samples 6`: 2 new search trials
-    from the same searcher (the study holds all 6 with the earlier values), the earlier 5
-    trials untouched, and a stage over all 6 that replicates the leader unless an earlier stage
-    did; the winner is the replicated configuration with the best mean."""
-    from tests.conftest import assert_study_matches_trials_csv, study_by_trial
-    from tuning.intensify import config_keys, search_leaders
-
-    endpoint, fs = s3
-    uri = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"
-    root = search_root(prepared_root, tmp_path, with_test=False)
-    storage = f"sqlite:///{root / 'optuna.db'}"
-    exp = f"{BUCKET}/runs/ext"
-    proc = run_cli("tuning.search", "--samples", "4", "--max-epochs", "2", "--reduction-factor",
-                   "2", "--name", "ext", "--storage", uri, *SEARCH_SMALL, "--subset", "800",
-                   "--intensify-top", "1", "--intensify-seeds", "1", "--optuna-storage", storage,
-                   root=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def progress_files() -> dict[str, bytes]:
-        found = {}
-        for key in _keys(fs, exp):
-            if key.endswith("/progress.csv"):
-                with fs.open_input_stream(key) as f:
-                    found[key] = f.read()
-        return found
-
-    before, earlier = progress_files(), study_by_trial(storage, "ext")
-    assert len(before) == 5
-    proc = run_cli("tuning.search", "--name", "ext", "--resume", "--samples", "6", "--storage",
-                   uri, "--no-dashboard", root=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (root / "ray_results").exists()
-    table = trials_csv(root, "ext").assign(config=lambda t: config_keys(t))
-    search, again = table[table["phase"] == "search"], table[table["phase"] == "intensify"]
-    assert len(search) == 6 and table["trial_id"].is_unique
-    assert set(table["status"]) <= {"completed", "asha_stopped"}
-    # the leader over all 6 is replicated, once; so is the earlier stage's, whether or not it
-    # still leads; nothing else
-    [leader] = search_leaders(table, 1)
-    earlier_ids = {key.split("/trial_")[1].split("/")[0] for key in before}
-    first_stage = set(again.loc[again["trial_id"].isin(earlier_ids), "config"])
-    assert len(first_stage) == 1
-    assert set(again["config"]) == {leader} | first_stage
-    assert again["config"].is_unique and len(table) == 6 + len(again)
-    after = progress_files()
-    assert {k: after[k] for k in before} == before  # the earlier 5, byte for byte
-    study = study_by_trial(storage, "ext")
-    assert len(study) == 6
-    assert_study_matches_trials_csv(study, table)
-    for trial_id, trial in earlier.items():
-        assert study[trial_id].state == trial.state and study[trial_id].value == trial.value
-    # the winner: the replicated configuration with the best mean over its seeds
-    measured = table[table["config"].isin(set(again["config"]))]
-    means = measured.groupby("config")["best_val_f1"].mean()
-    best = json.loads((root / "artifacts/search/ext/best_config.json").read_text())
-    assert table.set_index("trial_id").at[best["trial_id"], "config"] == means.idxmax()
-    with fs.open_input_stream(f"{exp}/search_options.json") as f:
-        assert json.loads(f.read())["samples"] == 6

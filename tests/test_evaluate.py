@@ -15,6 +15,7 @@ from dataprep.vocab import Vocab
 from model.checkpoint import model_from_checkpoint
 from model.data import EncodedSplit
 from tests.conftest import run_cli
+from tests.helpers import MEASURED, config_of, trials_csv
 from tuning import space as space_mod
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,15 @@ def test_report_has_baselines_and_importance(evaluated):
     assert "best **mean** validation macro-F1 over its seeds" in report
     assert f"{m['selection']['mean_val_f1']:.4f} ± {m['selection']['std_val_f1']:.4f}" in report
     assert "## The winner's seeds (validation)" in report and "## The candidates" in report
-    assert set(m["importance"]) <= set(space_mod.SPACE) and m["importance"]
+    # fANOVA over the search's searched keys; with 3 or more distinct measured search trials
+    # (the tiny search has 4) it has something to rank: not {}
+    trials = trials_csv(root, "tiny")
+    measured = trials[(trials["phase"] == "search") & trials["status"].isin(MEASURED)
+                      & trials["best_val_f1"].notna()]
+    assert len({config_of(row) for _, row in measured.iterrows()}) >= 3
+    assert m["importance"]
+    searched = {k for k, v in space_mod.SPACE.items() if isinstance(v, dict)}
+    assert set(m["importance"]) <= searched
     assert str(root) not in report  # no absolute paths in what users share
 
 
@@ -205,7 +214,7 @@ def test_reseed_tests_the_best_epochs_weights_not_the_last_ones(prepared_root):
     from model.loop import evaluate, train_epochs
     from plumbing.paths import paths
     from tests.test_model import PEAKS_EARLY
-    from tuning.evaluate_best import reseed
+    from tuning.results.reseed import reseed
 
     splits = load_processed(paths(prepared_root), with_test=True).head(1500, 400)
     # the reference: the best epoch's weights written out as it happens (a true snapshot)

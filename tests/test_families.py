@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -32,14 +33,28 @@ from tests.conftest import (
     search_root,
     study_by_trial,
 )
-from tests.helpers import trials_csv
+from tests.helpers import (
+    MEASURED,
+    config_of,
+    frontier_by_hand,
+    trials_csv,
+    undominated,
+    without_timing,
+)
+from tuning import points as points_mod
 from tuning import space as space_mod
-from tuning.intensify import config_key, fastest_within
 from tuning.outcome import frontier
-from tuning.results import pareto
-from tuning.trainable import trial_speed
+from tuning.results.tables import pareto
+from tuning.search.trainable import trial_speed
+from tuning.selection import config_key, fastest_within
 
-TIMING = {"sentences_per_s", "epoch_s"}
+# the study state of a trial of each trials.csv status (tuning/search/searcher.py's docstring)
+STATE_OF = {"completed": optuna.trial.TrialState.COMPLETE,
+            "early_stopped": optuna.trial.TrialState.COMPLETE,
+            "diverged": optuna.trial.TrialState.COMPLETE,
+            "asha_stopped": optuna.trial.TrialState.PRUNED,
+            "budget_stopped": optuna.trial.TrialState.PRUNED,
+            "error": optuna.trial.TrialState.FAIL}
 # each family small enough to train in a second or two on 1,000 rows
 SMALL = {
     "rnn": {"embedding_dim": 32, "hidden_size": 32},
@@ -58,10 +73,6 @@ def small_splits(prepared_root):
 def config(family: str, **extra) -> TrainConfig:
     return TrainConfig.from_flat({"family": family, **SMALL[family], "batch_size": 32,
                                   "epochs": 3, "seed": 7, **extra})
-
-
-def without_timing(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
 # ---- each family: trains, repeats itself, resumes, ignores padding ------------------------------
@@ -121,6 +132,59 @@ def test_measuring_a_trial_leaves_its_numbers_unchanged(small_splits):
     assert speed["params"] == sum(p.numel() for p in cfg.network(small_splits.vocab_size)
                                   .parameters())
     assert speed["latency_ms"] > 0 and speed["sentences_per_s_b256"] > 0
+
+
+def _run_trial(params: dict, splits, into: Path, checkpoint=None) -> tuple[list[dict], list[Path]]:
+    """The trainable run once as Tune runs it (tune.report and tune.get_checkpoint stood in
+    for): the results it reported, and a copy (under `into`) of each checkpoint it reported."""
+    import shutil
+    from unittest import mock
+
+    from ray import tune
+
+    from tuning.search import trainable
+
+    results, kept = [], []
+
+    def report(metrics, checkpoint=None):
+        results.append(dict(metrics))
+        if checkpoint is not None:  # (the trainable's folder is gone once report returns)
+            kept.append(into / f"checkpoint_{len(kept)}")
+            shutil.copytree(checkpoint.path, kept[-1])
+
+    node = mock.Mock(**{"get_node_id.return_value": "node"})
+    with mock.patch.object(tune, "report", report), \
+            mock.patch.object(tune, "get_checkpoint", lambda: checkpoint), \
+            mock.patch.object(trainable.ray, "get_runtime_context", lambda: node):
+        try:
+            trainable.train_trial(params, splits)
+        except RuntimeError as e:
+            assert "injected fault" in str(e)
+    return results, kept
+
+
+def test_a_restarted_trial_that_diverges_at_once_reports_the_figures_it_measured(
+        small_splits, tmp_path, monkeypatch):
+    """A trial retried after a crash (or resumed after a kill) restarts from its last checkpoint;
+    one that then diverges on its first epoch reports the speed figures it measured before,
+    which the checkpoint carries (a multi-objective search would otherwise tell it FAIL)."""
+    from ray import tune
+
+    from model.speed import FIGURES
+    from tuning.search.trainable import DIVERGE_EPOCH_ENV, FAULT_EPOCH_ENV
+
+    params = {"family": "rnn", **SMALL["rnn"], "batch_size": 32, "epochs": 3, "seed": 7}
+    monkeypatch.setenv(FAULT_EPOCH_ENV, "1")  # the first run crashes after epoch 1
+    first, kept = _run_trial(params, small_splits, tmp_path / "first")
+    assert [r["epoch"] for r in first] == [1] and len(kept) == 1
+    measured = {k: first[0][k] for k in FIGURES}
+    assert all(v > 0 for v in measured.values())
+    # the retry resumes from that checkpoint and diverges on its first epoch, epoch 2
+    monkeypatch.setenv(DIVERGE_EPOCH_ENV, "2")
+    again, _ = _run_trial(params, small_splits, tmp_path / "again",
+                          tune.Checkpoint.from_directory(str(kept[0])))
+    assert [(r["epoch"], r["status"]) for r in again] == [(2, "diverged")]
+    assert {k: again[0][k] for k in FIGURES} == measured
 
 
 def test_the_bag_is_smaller_and_faster_than_the_rnn_at_the_same_width(small_splits):
@@ -234,12 +298,12 @@ def test_a_mixed_trial_samples_its_family_keys_only():
 
 def test_known_good_points_start_every_family_of_a_mixed_space():
     mixed = {**space_mod.SPACE, "family": {"choice": list(FAMILIES)}}
-    points = space_mod.known_good_points(mixed)
+    points = points_mod.known_good_points(mixed)
     assert [p["family"] for p in points] == ["rnn", "rnn", "cnn", "transformer", "bag"]
     for point in points:
         assert set(point) - {"family"} <= set(family_keys(point["family"]))
     # the default space (rnn fixed): only the rnn points, without a family key (as before)
-    assert [set(p) for p in space_mod.known_good_points(space_mod.SPACE)] == \
+    assert [set(p) for p in points_mod.known_good_points(space_mod.SPACE)] == \
         [{k for k in family_keys("rnn") if isinstance(space_mod.SPACE.get(k), dict)}] * 2
 
 
@@ -262,10 +326,10 @@ def test_bad_family_spaces_are_usage_errors(tmp_path, content, needle):
 def test_points_name_their_family_and_only_its_keys():
     mixed = {**space_mod.SPACE, "family": {"choice": list(FAMILIES)}}
     with pytest.raises(UsageError, match="say which"):
-        space_mod.points_in_space([{"lr": 0.003}], mixed)
+        points_mod.points_in_space([{"lr": 0.003}], mixed)
     with pytest.raises(UsageError, match="'hidden_size' is not a hyperparameter of family 'bag'"):
-        space_mod.points_in_space([{"family": "bag", "hidden_size": 64}], mixed)
-    assert space_mod.points_in_space([{"family": "bag", "bag_pooling": "max"}], mixed) == \
+        points_mod.points_in_space([{"family": "bag", "hidden_size": 64}], mixed)
+    assert points_mod.points_in_space([{"family": "bag", "bag_pooling": "max"}], mixed) == \
         [{"family": "bag", "bag_pooling": "max"}]
 
 
@@ -299,10 +363,42 @@ def test_the_frontier_and_fastest_within():
     assert fastest_within(tie, 0.005)["trial_id"] == "g"
 
 
+def test_the_reports_fastest_within_line_names_what_the_pick_would_evaluate():
+    """report.md's "fastest within 0.01" is `--pick fastest-within 0.01`'s trial: among the
+    measured search trials with a latency, within 0.01 of the winner's val macro-F1 (not of the
+    evaluated trial's; not a trial the time budget cut short, errored or unfinished)."""
+    from tuning.results.report import frontier_section
+
+    #               id   phase    status            seed  f1    ep  ms     family
+    rows = [("a", "search", "completed", 1, 0.900, 3, 2.00, "rnn"),     # the winner
+            ("b", "search", "completed", 2, 0.895, 3, 0.50, "cnn"),     # within 0.01 of a
+            ("d", "search", "completed", 3, 0.886, 3, 0.05, "bag"),     # within 0.01 of b only
+            ("f", "search", "budget_stopped", 4, 0.899, 1, 0.01, "bag"),  # cut short
+            ("u", "search", "unfinished", 5, 0.898, 1, 0.02, "bag"),
+            ("x", "search", "error", 6, 0.897, 1, 0.03, "cnn")]
+    speed = {"params": 1000, "latency_ms": 0.3, "sentences_per_s_b256": 5000.0}
+
+    def line(table, evaluated):
+        table = table.assign(params=pd.array([1000] * len(table), dtype="Int64"),
+                             sentences_per_s_b256=5000.0, epoch_s=1.0)
+        m = {"trial_id": evaluated, "accuracy": 0.9, "f1_macro": 0.88, "speed": speed}
+        (found,) = [p for p in frontier_section(m, table) if "within 0.01 val macro-F1" in p]
+        return found
+
+    # evaluated the winner: b (0.50 ms), not f, u or x (faster, but no measurement)
+    text = line(_table(rows), "a")
+    assert "the fastest is trial `b` (cnn, 0.8950, 0.500 ms): 4.0x lower latency" in text
+    # evaluated b (`--pick fastest-within 0.005`): still within 0.01 of the winner's 0.900,
+    # so d (0.886) is not within
+    measured = _table([r for r in rows if r[0] in "abd"])
+    assert "the fastest is trial `b`" in line(measured, "b")
+    assert fastest_within(measured, 0.01)["trial_id"] == "b"
+
+
 def test_the_report_reads_an_experiment_from_before_families():
     """Trials measured no size or latency before families: the report's family table leaves
     those cells empty instead of failing after the test pass."""
-    from tuning.report import frontier_section
+    from tuning.results.report import frontier_section
 
     trials = pd.DataFrame({"trial_id": ["a", "b"], "phase": ["search", "search"],
                            "status": ["completed", "asha_stopped"], "family": ["rnn", "rnn"],
@@ -334,13 +430,16 @@ def test_a_tiny_search_across_families_and_the_fastest_pick(prepared_root, tmp_p
     for _, row in table.iterrows():
         family, own = row["family"], params[row["trial_id"]]
         # a trial holds its family's hyperparameters only; trials.csv leaves the others empty
-        assert set(own) - {"family", "epochs", "threads", "search_seed", "device"} <= \
-            set(family_keys(family))
+        run_keys = {"family", "epochs", "threads", "search_seed", "device", "precision"}
+        assert set(own) - run_keys <= set(family_keys(family))
         others = [k for k in HYPERPARAMETERS if k not in family_keys(family) and k != "family"]
         assert row[others].isna().all()
         assert row["seed"] == trial_seed(own)
         assert row["params"] > 0 and row["latency_ms"] > 0 and row["sentences_per_s_b256"] > 0
-    assert table["pareto"].any()
+    # trials.csv's frontier is the one worked out by hand; every trial measured a latency, so
+    # some are on it
+    on = frontier_by_hand(table)
+    assert on and set(table.loc[table["pareto"], "trial_id"]) == on
     # the Optuna study holds each trial's own family's params
     study = study_by_trial("sqlite:///" + str(root / "optuna.db"), "mix")
     assert_study_matches_trials_csv(study, table)
@@ -362,7 +461,11 @@ def test_a_tiny_search_across_families_and_the_fastest_pick(prepared_root, tmp_p
     for family in FAMILIES:
         assert f"| {family} |" in report
     assert (root / "artifacts" / "best" / "frontier.png").stat().st_size > 0
-    # fANOVA across families ranks what every trial has: the family and the shared keys
+    # fANOVA across families ranks what every trial has: the family and the shared keys; with
+    # 3 or more distinct measured search trials it has something to rank (not {})
+    measured = done[done["status"].isin(MEASURED) & done["best_val_f1"].notna()]
+    assert len({config_of(row) for _, row in measured.iterrows()}) >= 3
+    assert metrics["importance"]
     shared = set.intersection(*(set(family_keys(f)) for f in FAMILIES))
     assert set(metrics["importance"]) <= shared | {"family"}
 
@@ -375,24 +478,28 @@ def test_a_multi_objective_search_tells_optuna_both_figures(prepared_root, tmp_p
                    "--space", "space.yaml", "--objectives", "f1,latency",
                    "--optuna-storage", "sqlite:///optuna.db", *SEARCH_SMALL, root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = trials_csv(root, "mo").set_index("trial_id")
-    study = optuna.load_study(study_name="mo", storage="sqlite:///" + str(root / "optuna.db"))
+    table = trials_csv(root, "mo")
+    storage = "sqlite:///" + str(root / "optuna.db")
+    study = optuna.load_study(study_name="mo", storage=storage)
     assert len(study.directions) == 2
-    told = 0
-    for t in study.trials:
-        row = table.loc[t.user_attrs["trial_id"]]
-        if t.state == optuna.trial.TrialState.COMPLETE:
-            told += 1
-            assert t.values[0] == pytest.approx(row["best_val_f1"])
-            assert t.values[1] == pytest.approx(row["latency_ms"])
-        else:
-            assert row["status"] in ("asha_stopped", "budget_stopped")
-    assert told >= 1
+    # each trial told as tuning/search/searcher.py promises: a finished one COMPLETE with [its
+    # best val_f1, its latency], a cut one PRUNED, an errored one FAIL
+    told = study_by_trial(storage, "mo")
+    assert set(told) == set(table["trial_id"])
+    for _, row in table.iterrows():
+        trial = told[row["trial_id"]]
+        expected = STATE_OF[row["status"]]
+        if pd.isna(row["latency_ms"]) and expected == optuna.trial.TrialState.COMPLETE:
+            expected = optuna.trial.TrialState.FAIL  # (diverged before measuring: no latency)
+        assert trial.state == expected, (row["trial_id"], row["status"])
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.values == pytest.approx([row["best_val_f1"], row["latency_ms"]])
+    complete = table[table["status"].map(STATE_OF).eq(optuna.trial.TrialState.COMPLETE)
+                     & table["latency_ms"].notna()]
+    assert len(complete) >= 1
     # Optuna's Pareto set among the told trials is trials.csv's frontier among them
     best = {t.user_attrs["trial_id"] for t in study.best_trials}
-    complete = table[table["status"] == "completed"]
-    assert best == set(frontier({i: (r["best_val_f1"], r["latency_ms"])
-                                 for i, r in complete.iterrows()}))
+    assert best == undominated(complete)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -427,5 +534,6 @@ def test_a_multi_objective_search_survives_trials_that_diverge_before_any_latenc
     assert "Traceback" not in proc.stderr
     table = trials_csv(root, "nan")
     assert list(table["status"]) == ["diverged", "diverged"] and table["latency_ms"].isna().all()
-    study = optuna.load_study(study_name="nan", storage="sqlite:///" + str(root / "optuna.db"))
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    study = study_by_trial("sqlite:///" + str(root / "optuna.db"), "nan")
+    assert sorted(study) == sorted(table["trial_id"])
+    assert [t.state for t in study.values()] == [optuna.trial.TrialState.FAIL] * 2

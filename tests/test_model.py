@@ -19,8 +19,8 @@ from model.loop import class_weights, evaluate, train_epochs
 from model.network import RNNClassifier, RNNConfig
 from plumbing.paths import paths
 from tests.conftest import run_cli
+from tests.helpers import without_timing
 
-TIMING = {"sentences_per_s", "epoch_s"}
 SMALL = {"embedding_dim": 32, "hidden_size": 32, "batch_size": 32, "eval_batch_size": 256}
 
 
@@ -28,10 +28,6 @@ SMALL = {"embedding_dim": 32, "hidden_size": 32, "batch_size": 32, "eval_batch_s
 def real_small(prepared_root) -> Splits:
     """The first 1,500 train and 400 validation rows of the real data."""
     return load_processed(paths(prepared_root)).head(1500, 400)
-
-
-def without_timing(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
 # ---- network ----------------------------------------------------------------------------------
@@ -147,6 +143,38 @@ def test_a_kept_training_state_holds_that_epochs_weights_not_the_live_ones(real_
         assert again["f1"] == val_f1[n], n
 
 
+# lr 0.2, seed 0 on the 1,500/400 subset, patience 1: val macro-F1 falls in epoch 4 (0.158 ->
+# 0.128), so its own patience stops the run there, at epoch 4 of 6
+STOPS_EARLY = {**SMALL, "epochs": 6, "seed": 0, "lr": 0.2, "patience": 1}
+
+
+def test_a_run_resumed_from_the_epoch_it_ended_at_trains_no_further(real_small, tmp_path):
+    """A trial restored from its last checkpoint (a retry, or a resume after kill -9 that saw
+    the epoch but not the trial's end) resumes from the epoch at which its patience ran out, or
+    from its last epoch: the loop has nothing left to train. From the epoch before, it trains
+    the stopping epoch again, to the same numbers, and stops there."""
+    run, states = [], {}
+    for epoch in train_epochs(STOPS_EARLY, real_small):
+        run.append(epoch)
+        states[epoch.epoch] = epoch.training_state()
+    stopped = run[-1]
+    assert (stopped.status, stopped.epoch) == ("early_stopped", 4), "precondition: stops early"
+    for n in (stopped.epoch, stopped.epoch - 1):
+        save_checkpoint(states[n], tmp_path / f"epoch{n}.pt")
+    resumed = list(train_epochs(STOPS_EARLY, real_small, resume=load_checkpoint(
+        tmp_path / f"epoch{stopped.epoch}.pt")))
+    assert [e.epoch for e in resumed] == []
+    before = list(train_epochs(STOPS_EARLY, real_small, resume=load_checkpoint(
+        tmp_path / f"epoch{stopped.epoch - 1}.pt")))
+    assert [(e.epoch, e.status) for e in before] == [(stopped.epoch, "early_stopped")]
+    assert without_timing(before[0].metrics) == without_timing(stopped.metrics)
+    # a run that completed its epochs: resumed from its last one, nothing either
+    done = {**STOPS_EARLY, "epochs": 2, "patience": 0}
+    *_, last = train_epochs(done, real_small)
+    assert (last.epoch, last.status) == (2, "completed")
+    assert list(train_epochs(done, real_small, resume=last.training_state())) == []
+
+
 def test_a_training_state_asked_for_after_the_loop_went_on_is_refused(real_small):
     loop = train_epochs({**SMALL, "epochs": 2}, real_small)
     first = next(loop)
@@ -258,7 +286,8 @@ def test_the_trial_seed_depends_on_the_hyperparameters_not_the_run_settings():
     from model.config import trial_seed
 
     base = {"hidden_size": 64, "lr": 0.003, "search_seed": 1}
-    assert trial_seed(base) == trial_seed({**base, "epochs": 20, "threads": 4, "device": "cuda"})
+    assert trial_seed(base) == trial_seed({**base, "epochs": 20, "threads": 4, "device": "cuda",
+                                           "precision": "bf16"})
     assert trial_seed(base) != trial_seed({**base, "lr": 0.004})
     assert trial_seed(base) != trial_seed({**base, "search_seed": 2})
 

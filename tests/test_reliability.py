@@ -17,14 +17,19 @@ from plumbing.cli import run_main
 from plumbing.errors import DataError
 from plumbing.paths import paths
 from tests.conftest import SEARCH_SMALL, read_live_csv, run_cli, search_root
-from tests.helpers import SNAPSHOT_S, start_search, stderr_of, trials_csv, wait_for
+from tests.helpers import (
+    ENDED,
+    SNAPSHOT_S,
+    progress_rows,
+    saved_trials,
+    start_search,
+    stderr_of,
+    trials_csv,
+    wait_for,
+)
 from tests.test_dataprep import ROWS, outputs_digest, write_txt
 
 slow = pytest.mark.slow
-
-
-def _progress_rows(exp) -> int:
-    return sum(len(read_live_csv(f)) for f in exp.glob("trial_*/progress.csv"))
 
 
 # ---- signals and concurrent searches ----------------------------------------------------------
@@ -38,10 +43,11 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     root = search_root(prepared_root, tmp_path, with_test=False)
     exp = root / "ray_results" / "stopme"
-    # 4,000 rows: trials long enough that the signal lands while most are still to run
+    # 4,000 rows, two trials at a time on any machine: the signal lands while most are still
+    # to run
     driver = start_search(root, ["--samples", "6", "--max-epochs", "3", "--name", "stopme",
-                                  *SEARCH_SMALL, "--subset", "4000"])
-    assert wait_for(lambda: _progress_rows(exp) >= 1), "the search never reported"
+                                  *SEARCH_SMALL, "--subset", "4000", "--concurrency", "2"])
+    assert wait_for(lambda: progress_rows(exp) >= 1), "the search never reported"
     if sig == signal.SIGTERM:  # while it runs, a second search of the same name is refused
         second = run_cli("tuning.search", "--samples", "1", "--name", "stopme", *SEARCH_SMALL,
                          root=root)
@@ -56,9 +62,14 @@ def test_a_signal_stops_the_search_saves_it_and_prints_the_resume_command(prepar
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.endswith("resume with: python -m tuning.search --name stopme --resume"), last
+    # it stopped the search, not a search that was done: the saved state has trials to run
+    saved = saved_trials(root / "ray_results", "stopme")
+    assert sum(s in ENDED for s in saved.values()) < 6, saved
+    rows_at_stop = progress_rows(exp)
     # the experiment was saved: it can be resumed to the end (after Ctrl-C too)
     proc = run_cli("tuning.search", "--name", "stopme", "--resume", "--no-dashboard", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert progress_rows(exp) > rows_at_stop  # the resume ran what the signal had left
     table = trials_csv(root, "stopme")
     assert len(table) == 6 and table["trial_id"].is_unique
     assert set(table["status"]) <= {"completed", "asha_stopped", "early_stopped"}
@@ -72,7 +83,7 @@ def test_a_killed_trial_worker_resumes_from_its_last_checkpoint(prepared_root, t
     exp = root / "ray_results" / "worker"
     driver = start_search(root, ["--samples", "1", "--max-epochs", "8", "--name", "worker",
                                   "--subset", "4000", "--no-dashboard"])
-    assert wait_for(lambda: _progress_rows(exp) >= 1), "no epoch reported"
+    assert wait_for(lambda: progress_rows(exp) >= 1), "no epoch reported"
     # kill -9 the process running this search's trial, mid-epoch 2: the pid its own report
     # names (never a process found by name on the host: it could be anyone's)
     [progress] = exp.glob("trial_*/progress.csv")
@@ -206,7 +217,7 @@ def test_random_malformed_files_are_accepted_or_refused_in_one_line(tmp_path_fac
 # ---- exposure ---------------------------------------------------------------------------------
 
 def test_the_dashboard_listens_on_loopback_unless_asked():
-    from tuning.search import parse_args
+    from tuning.search.flags import parse_args
 
     assert parse_args([]).dashboard_host == "127.0.0.1"
     assert parse_args(["--dashboard-host", "0.0.0.0"]).dashboard_host == "0.0.0.0"
@@ -238,7 +249,7 @@ def test_a_tuner_state_cut_short_by_a_kill_is_put_back_from_the_kept_copy(prepar
     args = ["--samples", "2", "--max-epochs", "1", "--name", "cut", *SEARCH_SMALL]
     assert run_cli("tuning.search", *args, root=root).returncode == 0
     state = root / "ray_results" / "cut" / "tuner.pkl"
-    assert (root / "ray_results" / "cut" / "tuner.pkl.kept").read_bytes() == state.read_bytes()
+    assert (root / "ray_results/cut/harness/tuner.pkl.kept").read_bytes() == state.read_bytes()
     state.write_bytes(b"")  # what a kill -9 during Tune's rewrite leaves
     proc = run_cli("tuning.search", "--resume", "--name", "cut", "--no-dashboard", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -24,15 +23,19 @@ from tests.conftest import (
     stop_group,
 )
 from tests.helpers import (
+    ENDED,
     SNAPSHOT_S,
     answers,
     finished_progress,
+    kill_9,
+    progress_rows,
+    saved_trials,
     start_search,
     stderr_of,
     trials_csv,
     wait_for,
 )
-from tuning.results import CONFIG_COLUMNS
+from tuning.results.tables import CONFIG_COLUMNS
 
 slow = pytest.mark.slow
 
@@ -92,15 +95,19 @@ def test_a_tracked_search_has_one_run_per_trial_after_kill_9_and_gets_its_evalua
     root = search_root(prepared_root, tmp_path, with_test=False)
     uri = f"sqlite:///{root / 'artifacts' / 'mlflow.db'}"
     exp = root / "ray_results" / "tracked"
+    # two trials at a time on any machine: when the first has finished, two are yet to start
     driver = start_search(root, ["--samples", "4", "--max-epochs", "3", "--grace-period", "3",
                                   "--name", "tracked", "--mlflow", *SEARCH_SMALL, "--subset",
-                                  "4000"])
+                                  "4000", "--concurrency", "2"])
     assert wait_for(lambda: len(finished_progress(exp, 3)) >= 1), stderr_of(driver)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(timeout=30)
-    stderr_of(driver)
+    kill_9(driver)
+    # the kill landed before the work ended: trials the saved state has yet to end
+    saved = saved_trials(root / "ray_results", "tracked")
+    assert sum(s in ENDED for s in saved.values()) < 4, saved
+    rows_at_kill = progress_rows(exp)
     proc = run_cli("tuning.search", "--name", "tracked", "--resume", "--no-dashboard", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert progress_rows(exp) > rows_at_kill  # the resume ran what the kill had left
     _assert_runs_match_the_trials(uri, root, "tracked")  # the resume added no duplicate run
 
     shutil.copy(prepared_root / "data/processed/test.parquet", root / "data/processed/test.parquet")

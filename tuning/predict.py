@@ -14,6 +14,7 @@ from dataprep.schema import LABELS
 from dataprep.vocab import Vocab
 from model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from model.data import EncodedSplit
+from model.precision import CHOICES, autocast, on_this_cpu
 from plumbing.cli import ArgumentParser, run_main
 from plumbing.errors import DataError
 from plumbing.paths import paths
@@ -22,7 +23,10 @@ PROG = "python -m tuning.predict"
 
 
 class Predictor:
-    def __init__(self, model_file: Path):
+    """A written model (evaluate_best's model.pt), run in `precision` (model/precision.py
+    on_this_cpu: by default the one it was evaluated in, where this CPU has it)."""
+
+    def __init__(self, model_file: Path, precision: str | None = None):
         if not model_file.is_file():
             raise DataError(f"{model_file}: no model; run `python -m tuning.evaluate_best` first")
         state = load_checkpoint(model_file)  # weights_only=True
@@ -31,12 +35,16 @@ class Predictor:
             self.model = model_from_checkpoint(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{model_file}: not a usable model ({type(e).__name__})") from None
+        evaluated = state.get("precision") or state["config"].get("precision", "fp32")
+        self.precision = on_this_cpu(evaluated, precision).precision
         torch.set_num_threads(1)
 
     @torch.no_grad()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         batch = EncodedSplit.from_ids([self.vocab.encode(t) for t in texts], [0] * len(texts))
-        return torch.softmax(self.model(batch.tokens, batch.lengths), dim=1)
+        with autocast(self.precision, "cpu"):
+            logits = self.model(batch.tokens, batch.lengths).float()
+        return torch.softmax(logits, dim=1)
 
     def predict(self, texts: list) -> list[tuple[str, list[float]] | None]:
         """Each text's label and probabilities (in LABELS order); None for a text with no token
@@ -50,14 +58,22 @@ class Predictor:
         return out
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("texts", nargs="*", help="texts to classify (default: lines on stdin)")
     ap.add_argument("--json", action="store_true", help="one JSON object per text")
     ap.add_argument("--model", metavar="FILE", help="default: artifacts/best/model.pt")
-    args = ap.parse_args(argv)
+    ap.add_argument("--precision", choices=CHOICES, default=None,
+                    help="what it computes in (default: what the model was evaluated in, where "
+                         "this CPU has it natively; else fp32)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     texts = args.texts if args.texts else sys.stdin.read().splitlines()
-    predictor = Predictor(Path(args.model) if args.model else paths().best / "model.pt")
+    predictor = Predictor(Path(args.model) if args.model else paths().best / "model.pt",
+                          args.precision)
     predictions = predictor.predict(texts)
     for n, prediction in enumerate(predictions, 1):
         if prediction is None:

@@ -25,11 +25,7 @@ from model.config import (
     FAMILIES,
     FAMILY_KEY,
     HYPERPARAMETERS,
-    REPLICATE_KEY,
-    RUN_KEYS,
-    SEARCH_SEED_KEY,
     TrainConfig,
-    family_defaults,
     family_keys,
     family_of,
 )
@@ -86,7 +82,7 @@ def _owner(key: str) -> str:
     return next((f for f in FAMILIES if key in family_keys(f)), family_of({}))
 
 
-def _check_value(key: str, value, where: str) -> None:
+def check_value(key: str, value, where: str) -> None:
     try:
         TrainConfig.from_flat({key: value} if key == FAMILY_KEY else
                               {FAMILY_KEY: _owner(key), key: value})
@@ -132,7 +128,7 @@ def validate(space: dict, where: str = "search space") -> dict:
             raise UsageError(f"{where}: unknown or fixed key {key!r} (searchable: "
                              f"{', '.join(sorted(HYPERPARAMETERS))})")
         if not isinstance(spec, dict):
-            _check_value(key, spec, where)
+            check_value(key, spec, where)
             continue
         if len(spec) != 1 or next(iter(spec)) not in KINDS:
             raise UsageError(f"{where}: {key}: expected one of {{{', '.join(KINDS)}: ...}} or a value")
@@ -141,7 +137,7 @@ def validate(space: dict, where: str = "search space") -> dict:
             if not isinstance(args, list) or not args:
                 raise UsageError(f"{where}: {key}: choice needs a non-empty list")
             for v in args:
-                _check_value(key, v, where)
+                check_value(key, v, where)
             continue
         if not isinstance(args, list) or len(args) != 2:
             raise UsageError(f"{where}: {key}: {kind} needs [low, high]")
@@ -149,7 +145,7 @@ def validate(space: dict, where: str = "search space") -> dict:
         if kind == "int" and not all(isinstance(v, int) and not isinstance(v, bool) for v in args):
             raise UsageError(f"{where}: {key}: int bounds must be integers, got {args}")
         for v in args:
-            _check_value(key, v, where)
+            check_value(key, v, where)
         if not low < high:
             raise UsageError(f"{where}: {key}: {kind} needs low < high, got {args}")
         if kind == "loguniform" and low <= 0:
@@ -248,58 +244,3 @@ def contains(space: dict, point: dict) -> bool:
         if kind != "choice" and not args[0] <= value <= args[1]:
             return False
     return True
-
-
-def load_points(path: str, space: dict) -> list[dict]:
-    """`--points FILE`: a YAML/JSON list of configurations the searcher tries first, in order.
-
-    Each maps searched keys to values inside the space (keys left out are sampled); fixed keys
-    may be given only with their fixed value, so a trial's params.json can be pasted as is."""
-    points = read_yaml_or_json(path, "--points")
-    return points_in_space(points, space, f"--points {path}")
-
-
-def points_in_space(points, space: dict, where: str = "points") -> list[dict]:
-    """The searched keys of each point, checked to lie inside the space and to be read by the
-    point's family (its `family`; the space's when the space fixes it)."""
-    if not isinstance(points, list) or not all(isinstance(pt, dict) for pt in points):
-        raise UsageError(f"{where}: expected a list of mappings (config key: value)")
-    searched = []
-    for i, point in enumerate(points, 1):
-        where_i = f"{where}: point {i}"
-        # a trial's params.json also holds the run settings and the search seed: not searched
-        unknown = sorted(set(point) - set(space) - set(RUN_KEYS)
-                        - {SEARCH_SEED_KEY, REPLICATE_KEY})
-        if unknown:
-            raise UsageError(f"{where_i}: {unknown[0]!r} is not a key of the search space")
-        point = {k: v for k, v in point.items() if k in space}
-        family_spec = space.get(FAMILY_KEY, family_of({}))
-        if isinstance(family_spec, dict) and FAMILY_KEY not in point:
-            raise UsageError(f"{where_i}: this space searches {FAMILY_KEY}: say which")
-        for key, value in point.items():
-            _check_value(key, value, where_i)
-            if not contains(space, {key: value}):
-                raise UsageError(f"{where_i}: {key}={value!r} is outside the search space "
-                                 f"({space[key]})")
-        family = point.get(FAMILY_KEY, family_spec)
-        foreign = [k for k in point if k != FAMILY_KEY and k not in family_keys(family)]
-        if foreign:
-            raise UsageError(f"{where_i}: {foreign[0]!r} is not a hyperparameter of family "
-                             f"{family!r}")
-        searched.append({k: v for k, v in point.items() if isinstance(space[k], dict)})
-    return searched
-
-
-def known_good_points(space: dict) -> list[dict]:
-    """KNOWN_GOOD's points that lie inside `space` (only the searched keys of their family)."""
-    points = []
-    for known in KNOWN_GOOD:
-        family = family_of(known)
-        defaults = family_defaults(family)
-        keys = (FAMILY_KEY, *family_keys(family))
-        point = {k: known.get(k, defaults[k]) for k in keys if isinstance(space.get(k), dict)}
-        fixed = {k: v for k, v in {**known, FAMILY_KEY: family}.items()
-                 if not isinstance(space.get(k), dict)}
-        if contains(space, {**point, **fixed}):
-            points.append(point)
-    return points

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 from plumbing.errors import UsageError
 
 STATE_GLOB = "experiment_state-"
+CHECKPOINT_FILE = "state.pt"  # a trial's training state in each of its Tune checkpoints
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,11 @@ class Storage:
 
     def ray_kwargs(self) -> dict:
         """storage_path / storage_filesystem for RunConfig, Tuner.restore and can_restore."""
-        return {"storage_path": self.root, "storage_filesystem": None if self.is_local else self.fs}
+        # (a local folder through tuning/atomic_fs.py: Tune's uploads land whole or not at all)
+        from tuning.atomic_fs import atomic_local_fs
+
+        return {"storage_path": self.root,
+                "storage_filesystem": atomic_local_fs() if self.is_local else self.fs}
 
     def uri(self, *parts: str) -> str:
         """How a user names a folder inside this storage (the URI's path extended, query kept)."""
@@ -111,3 +116,11 @@ def open_experiment(text: str, flag: str = "--experiment") -> tuple[Storage, str
     split = urlsplit(text)
     parent_uri = urlunsplit(split._replace(path=posixpath.dirname(split.path.rstrip("/"))))
     return Storage(storage.fs, parent, parent_uri), name
+
+
+def read_checkpoint(checkpoint) -> dict:
+    """The training state a trial saved in a Tune checkpoint (local or in a bucket)."""
+    from model.checkpoint import load_checkpoint
+
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)

@@ -16,8 +16,8 @@ from model.config import TrainConfig, family_of, from_trial_params
 from model.speed import FIGURES
 from plumbing.errors import DataError, UsageError
 from plumbing.paths import Paths
-from tuning.intensify import phase
 from tuning.outcome import trial_status
+from tuning.selection import phase
 
 # per epoch, as metric history (step = epoch)
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "lr", "epoch_s", "sentences_per_s",
@@ -43,6 +43,30 @@ def tracking_uri(flag: str | None, p: Paths) -> str | None:
         raise UsageError(f"--mlflow {flag}: expected a database URI (sqlite:///PATH.db, "
                          f"postgresql://...) or a tracking server URL (http://HOST:5000)")
     return flag
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a search's MLflow artifacts (evaluate_best's report, plots, model) go: beside a
+    SQLite store's file (mlartifacts/), in the project's artifacts/mlartifacts/ for another
+    database, and where a tracking server keeps them for a server (None). MLflow's own default
+    for a database store, ./mlruns, is relative to whatever folder a command runs in."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    from plumbing.paths import paths
+
+    return (paths().artifacts / "mlartifacts").resolve().as_uri()
+
+
+def create_experiment(uri: str, name: str) -> None:
+    """The search's MLflow experiment, created once, with its artifacts at `artifact_location`
+    (the trials' callback and evaluate_best then find it as it is)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=artifact_location(uri))
 
 
 def check_store(uri: str, experiment: str) -> None:
@@ -188,7 +212,7 @@ def log_evaluation(uri: str, experiment: str, metrics: dict, folder: Path,
     tracking servers have a registry). Returns the run id."""
     import mlflow
 
-    from tuning.serving import log_pyfunc
+    from tuning.results.serving import log_pyfunc
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
@@ -201,7 +225,8 @@ def log_evaluation(uri: str, experiment: str, metrics: dict, folder: Path,
                             "val_f1": metrics["val_f1"], "val_acc": metrics["val_acc"],
                             **{k: metrics["speed"][k] for k in metrics.get("speed", {})}})
         mlflow.log_params({"trial_id": metrics["trial_id"], "best_epoch": metrics["best_epoch"],
-                           "family": metrics.get("family", "rnn")})
+                           "family": metrics.get("family", "rnn"),
+                           "precision": metrics.get("precision", "fp32")})
         mlflow.log_artifacts(str(folder))
         log_pyfunc(Path(folder) / "model.pt", REGISTERED_MODEL)
         return run.info.run_id

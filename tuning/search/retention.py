@@ -23,7 +23,8 @@ epoch's. So the search holds the few running trials' checkpoints and about `LEAD
 When the search ends (`prune`):
 
   leaders  a search that ended: the best-validation checkpoint of each trial of the top
-           `LEADERS` distinct configurations by best val macro-F1 and of every replicated
+           `LEADERS` distinct configurations by best val macro-F1 (and of any tied with the
+           last of them, as while running) and of every replicated
            configuration (the winner, a stage's replicates, and what a later stage over the same
            trials could pick) and of the F1/latency frontier's trials, and no other. An interrupted search: unfinished trials keep all of theirs (a resume goes on
            from their latest); ended trials keep their best. evaluate_best reads the winner's;
@@ -32,15 +33,14 @@ When the search ends (`prune`):
 """
 from __future__ import annotations
 
-import json
 import math
 
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from model.config import REPLICATE_KEY
-from tuning.intensify import config_key, config_keys, leaders, table_leaders
 from tuning.outcome import LATENCY, MEASURED, METRIC, MODE, frontier, trial_status
+from tuning.selection import config_key, config_keys, leaders
 
 LEADERS = 5
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -80,13 +80,30 @@ def _scored(trial) -> list[tuple[str, float]]:
     return [(path, v) for path, v in scored if isinstance(v, int | float) and not math.isnan(v)]
 
 
+def leading(params: dict, best: dict[str, float], top: int) -> set[str]:
+    """The config keys of the `top` distinct configurations by best val_f1 and of any tied with
+    the last of them (a tie at the edge is kept, whichever trial came first: the winner rule
+    may break it either way once more trials end). The caller leaves errored trials out."""
+    per_config: dict[str, float] = {}  # each configuration's best over its trials
+    for trial_id, value in best.items():
+        key = config_key(params[trial_id])
+        per_config[key] = max(value, per_config.get(key, value))
+    top_keys = {config_key(p) for p in leaders(params, best, top)}
+    edge = min((per_config[k] for k in top_keys), default=math.inf)
+    return {k for k, v in per_config.items() if v >= edge}
+
+
 def kept_checkpoints(analysis, table) -> dict[str, str | None]:
     """trial id -> the one checkpoint path (on the storage's filesystem) an ended trial keeps,
     None for none; unfinished trials are not in it (they keep all)."""
     # (configurations compared as trials.csv has them: every hyperparameter, defaults filled
     # in; a trial's Tune config holds only the searched and fixed keys)
     table = table.assign(config=config_keys(table))
-    keeping = set(table_leaders(table, LEADERS))  # of both phases: a replicate is a leader's
+    measured = table[table["best_val_f1"].notna() & (table["status"] != "error")]
+    # of both phases: a replicate is a leader's (an errored trial is none: selection.choose)
+    keeping = leading({row["trial_id"]: row for _, row in measured.iterrows()},
+                      dict(zip(measured["trial_id"], measured["best_val_f1"].astype(float),
+                               strict=True)), LEADERS)
     # and every replicated configuration (the winner is one: after an extension, an earlier
     # stage's leader can win on its mean yet rank below 5 others by best single trial)
     keeping |= set(table.loc[table["phase"] == "intensify", "config"])
@@ -113,21 +130,17 @@ def prune(storage, name: str, analysis, table) -> tuple[int, int]:
 
 
 def saved_as_ended(fs, experiment: str) -> set[str]:
-    """The trials that the experiment state saved in the storage (the newest
-    experiment_state-*.json: what `Tuner.restore` reads) has as TERMINATED or ERROR; none when it
-    cannot be read yet."""
+    """The trials that the state a resume would restore (saved_state.py: the last whole save
+    uploaded) has as TERMINATED or ERROR; none when it cannot be read yet."""
+    import pickle
+
+    from tuning.search.saved_state import saved_trials
+
     try:
-        infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
-        states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
-                        and i.base_name.endswith(".json"))
-        if not states:
-            return set()
-        with fs.open_input_stream(states[-1]) as f:
-            saved = json.loads(f.read())
-        trials = (json.loads(data) for data, _ in saved["trial_data"])
-        return {t["trial_id"] for t in trials if t.get("status") in ("TERMINATED", "ERROR")}
-    except (OSError, ValueError, KeyError, TypeError):  # (a bucket hiccup: next save)
-        return set()
+        return {t["trial_id"] for t in saved_trials(fs, experiment)
+                if t.get("status") in ("TERMINATED", "ERROR")}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+        return set()  # (a bucket hiccup, a bundle replaced as it was read: the next save)
 
 
 def best_value(trial) -> float | None:
@@ -167,11 +180,10 @@ class Retention(Callback):
         """The configurations whose ended trials keep their best checkpoint for now."""
         ended = [t for t, _ in self.ended.values()] + list(self.settled.values())
         params = {t.trial_id: t.config for t in ended}
-        best = {t.trial_id: v for t in ended if (v := best_value(t)) is not None}
-        top = {config_key(p) for p in leaders(params, best, self.top)}
-        edge = min((v for t, v in best.items() if config_key(params[t]) in top), default=math.inf)
-        # the top and any configuration tied with its last one
-        leading = {config_key(params[t]) for t, v in best.items() if v >= edge}
+        # (an errored trial is no leader: the winner rule and the end's prune leave it out)
+        best = {t.trial_id: v for t in ended
+                if t.trial_id not in self.errored and (v := best_value(t)) is not None}
+        top = leading(params, best, self.top)
         replicated = {config_key(t.config) for t in self.trials if t.config.get(REPLICATE_KEY, 0)}
         # and the F1/latency frontier's (evaluate_best --pick fastest-within picks on it)
         # (of the trials whose best measured their configuration, as trials.csv's `pareto`)
@@ -181,7 +193,7 @@ class Retention(Callback):
                  in MEASURED}
         fast = frontier({t: (v, speed[t]) for t, v in best.items()
                          if isinstance(speed.get(t), int | float)})
-        return leading | replicated | {config_key(params[t]) for t in fast}
+        return top | replicated | {config_key(params[t]) for t in fast}
 
     def get_state(self) -> None:
         """Called as Tune saves the experiment state (into the driver's staging folder, which a

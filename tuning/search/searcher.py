@@ -21,7 +21,8 @@ a trial that a stored study already holds finished: it is not told twice. Each O
 
 Its space is tuning/space.py's `ConditionalSpace` (define-by-run: a trial holds its family's
 keys only). With several objectives (`--objectives f1,latency`) Optuna takes no intermediate
-values: a finished trial is told [its best val_f1, its latency_ms], a cut one PRUNED.
+values: a finished trial is told [its best val_f1, the last finite latency_ms it reported], a
+cut one PRUNED.
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ import math
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import validate_warmstart
 
-from model.config import FAMILY_KEY, family_keys, family_of
 from tuning.outcome import METRIC, trial_status
 
 logger = logging.getLogger(__name__)
 TRIAL_ID_ATTR = "trial_id"
 SEARCH_ID_ATTR = "search_id"
 WARM_ATTR = "warm_start"  # on a trial learnt from another experiment: that experiment
+SET_UP_ATTR = "set_up"  # on the study, per search id: its points and warm trials are in it
 STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
           "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
           "budget_stopped": TrialState.PRUNED, "error": TrialState.FAIL}
@@ -75,16 +77,39 @@ class EpochOptunaSearch(OptunaSearch):
         return isinstance(self._metric, list)
 
     def _setup_study(self, mode) -> None:
-        """The study, then the warm-start trials in it, as they ended there (before any
-        suggestion: Tune sets the search properties first; a resume restores the study)."""
+        """The study, then, once per experiment, its points to evaluate and the warm-start
+        trials, as they ended there (before any suggestion: Tune sets the search properties
+        first). Tune sets them again on every resume, before it restores this searcher's state
+        (`tune.py`), and a stored study (--optuna-storage) is the same database then: Ray's
+        OptunaSearch would enqueue the points again (`enqueue_trial(skip_if_exists=False)`)
+        and the warm trials would be added twice. So the study records that it was set up."""
+        points, self._points_to_evaluate = self._points_to_evaluate, None
+        try:
+            super()._setup_study(mode)  # (created or loaded; nothing enqueued)
+        finally:
+            self._points_to_evaluate = points
+        marker = f"{SET_UP_ATTR}:{getattr(self, 'search_id', None) or self._study_name}"
+        if self._ot_study.user_attrs.get(marker):
+            return  # a resume or an extension of a stored study: all is in it already
+        if points:
+            validate_warmstart(self._space, points, None,
+                              validate_point_name_lengths=not callable(self._space))
+            for point in points:
+                # (skip_if_exists: a kill between these and the marker enqueued them already)
+                self._ot_study.enqueue_trial(point, skip_if_exists=True)
+        self._add_warm_trials()
+        self._ot_study.set_user_attr(marker, True)
+
+    def _add_warm_trials(self) -> None:
         import optuna
 
         from tuning.space import distributions
 
-        super()._setup_study(mode)
         space = getattr(self._space, "space", self._space)  # (ConditionalSpace's dict)
-        for w in self.warm:
-            multi = self.multi
+        multi = self.multi
+        there = {t.user_attrs.get(TRIAL_ID_ATTR) for t in self._ot_study.get_trials(deepcopy=False)
+                 if WARM_ATTR in t.user_attrs}  # (a kill before the marker added some)
+        for w in (w for w in self.warm if w["trial_id"] not in there):
             self._ot_study.add_trial(optuna.trial.create_trial(
                 state=TrialState[w["state"]], params=w["params"],
                 distributions=distributions(space, w["params"]),
@@ -104,7 +129,11 @@ class EpochOptunaSearch(OptunaSearch):
         value, epoch = result.get(METRIC), result.get("epoch")
         seen = self.values.setdefault(trial_id, {})
         if self.multi:
-            self.others[trial_id] = [result.get(m) for m in self._metric[1:]]
+            # the last finite figures heard: a NaN result (a diverged epoch's) unmeasures nothing
+            heard = [result.get(m) for m in self._metric[1:]]
+            last = self.others.get(trial_id) or [None] * len(heard)
+            self.others[trial_id] = [old if _finite(old) and not _finite(new) else new
+                                     for new, old in zip(heard, last, strict=True)]
         if isinstance(value, int | float) and epoch is not None and int(epoch) not in seen:
             seen[int(epoch)] = float(value)  # an epoch replayed after a resume is reported once
             if self.multi:
@@ -139,7 +168,7 @@ class EpochOptunaSearch(OptunaSearch):
         value = max(values.values()) if state == TrialState.COMPLETE else None
         if self.multi and value is not None:
             value = [value, *self.others.get(trial_id, [])]
-            if any(not isinstance(v, int | float) or math.isnan(v) for v in value):
+            if not all(_finite(v) for v in value):
                 value, state = None, TrialState.FAIL  # (no latency: nothing to learn from)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state,
@@ -147,6 +176,10 @@ class EpochOptunaSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - as Ray's OptunaSearch: a study's refusal
             logger.warning("Optuna refused trial %s as %s: %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def settle_study(storage_url: str, study_name: str, trials,
@@ -176,58 +209,3 @@ def settle_study(storage_url: str, study_name: str, trials,
             study.tell(t.number, state=TrialState.FAIL)
             told["unknown"] += 1
     return told
-
-
-def warm_trials(storage, name: str, space: dict, opts: dict) -> list[dict]:
-    """The search trials of experiment `name` (in `storage`) for a new search to learn from
-    (--warm-start): each ended trial's params, state (as `EpochOptunaSearch` told it), value and
-    per-epoch val_f1. A UsageError, naming what differs, unless the experiment searched the same
-    space with the same max epochs and training rows (its figures would not compare)."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from plumbing.errors import UsageError
-    from tuning.intensify import SEARCH
-    from tuning.results import load_experiment, search_options, trials_frame
-    from tuning.space import differing_keys, stored_space
-
-    source = storage.uri(name)
-    theirs = search_options(Path(storage.path(name)), storage, name)
-    if theirs is None:
-        raise UsageError(f"--warm-start {source}: no search_options.json beside the experiment")
-    differ = differing_keys(space, stored_space(theirs.get("space")))
-    if differ:
-        raise UsageError(f"--warm-start {source}: its search space differs in {', '.join(differ)}")
-    for key, flag in (("max_epochs", "--max-epochs"), ("subset", "--subset")):
-        if theirs.get(key) != opts[key]:
-            raise UsageError(f"--warm-start {source}: it ran with {flag} {theirs.get(key)}, this "
-                             f"search with {opts[key]}; their figures would not compare")
-    mine = opts.get("objectives") or ["f1"]
-    if (theirs.get("objectives") or ["f1"]) != mine:
-        raise UsageError(f"--warm-start {source}: it searched --objectives "
-                         f"{','.join(theirs.get('objectives') or ['f1'])}, this search "
-                         f"{','.join(mine)}")
-    analysis = load_experiment(storage, name)
-    frames = analysis.trial_dataframes
-    table = trials_frame(analysis)
-    searched = [k for k, v in space.items() if isinstance(v, dict)]
-    warm = []
-    for _, row in table[table["phase"] == SEARCH].iterrows():
-        state = STATES.get(row["status"])
-        if state not in (TrialState.COMPLETE, TrialState.PRUNED) or not row["epochs_run"]:
-            continue
-        history = frames[row["trial_id"]]
-        curve = {int(e): float(v) for e, v in zip(history["epoch"], history[METRIC], strict=True)}
-        keys = {FAMILY_KEY, *family_keys(family_of(row))}  # (the others' columns are empty)
-        value = float(row["best_val_f1"]) if state == TrialState.COMPLETE else curve[max(curve)]
-        if len(mine) > 1:
-            if state == TrialState.COMPLETE and pd.isna(row.get("latency_ms")):
-                continue  # (no latency measured: nothing to tell)
-            value = [value, float(row["latency_ms"])] if state == TrialState.COMPLETE else None
-        warm.append({
-            "trial_id": row["trial_id"], "source": source, "state": state.name,
-            "params": {k: (row[k].item() if hasattr(row[k], "item") else row[k])
-                       for k in searched if k in keys},
-            "value": value, "intermediate_values": curve})
-    return warm

@@ -7,113 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataprep.schema import LABELS
+from tuning.selection import fastest_within
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_confusion(cm: list[list[int]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.imshow(np.array(cm), cmap="Blues")
-    ax.set_xticks(range(6), LABELS, rotation=45, ha="right")
-    ax.set_yticks(range(6), LABELS)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = max(max(r) for r in cm) or 1
-    for i, row in enumerate(cm):
-        for j, n in enumerate(row):
-            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
-    ax.set_title("Test confusion matrix (counts)")
-    _save(plt, fig, path)
-
-
-def plot_learning_curve(history: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
-    a1.plot(history["epoch"], history["val_loss"], "o-", label="val loss")
-    a1.set_xlabel("epoch")
-    a1.legend()
-    a2.plot(history["epoch"], history["val_f1"], "o-", label="val macro-F1")
-    a2.plot(history["epoch"], history["val_acc"], "o-", label="val accuracy")
-    a2.set_xlabel("epoch")
-    a2.legend()
-    fig.suptitle("Best trial: learning curves")
-    _save(plt, fig, path)
-
-
-def plot_search_history(trials: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
-    done = trials[trials["best_val_f1"].notna()].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    colors = {"completed": "tab:blue", "early_stopped": "tab:green", "asha_stopped": "tab:orange",
-              "error": "tab:red", "unfinished": "tab:gray"}
-    for (phase, status), group in done.groupby(["phase", "status"]):
-        ax.scatter(group.index + 1, group["best_val_f1"], color=colors.get(status, "black"), s=25,
-                   marker="o" if phase == "search" else "x",
-                   label=status if phase == "search" else f"{status} (another seed)")
-    search = done[done["phase"] == "search"]
-    ax.plot(search.index + 1, search["best_val_f1"].cummax(), color="black", lw=1,
-            label="running best (search)")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_xlabel("trial (in start order)")
-    ax.set_ylabel("best val macro-F1")
-    ax.legend()
-    ax.set_title("Search history")
-    _save(plt, fig, path)
-
-
-FAMILY_COLORS = {"rnn": "tab:blue", "cnn": "tab:orange", "transformer": "tab:purple",
-                 "bag": "tab:green"}
-
-
-def plot_frontier(trials: pd.DataFrame, evaluated: str, path: Path) -> None:
-    """Best val macro-F1 against single-sentence latency over every trial that measured both,
-    by family, the Pareto frontier drawn as a step line, the evaluated trial ringed."""
-    plt = _plt()
-    done = trials[trials["best_val_f1"].notna() & trials["latency_ms"].notna()]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for family, group in done.groupby("family", sort=False):
-        ax.scatter(group["latency_ms"], group["best_val_f1"], s=22, alpha=0.75,
-                   color=FAMILY_COLORS.get(family, "black"), label=family)
-    front = done[done["pareto"]].sort_values("latency_ms")
-    if len(front):
-        ax.step(front["latency_ms"], front["best_val_f1"], where="post", color="black", lw=1,
-                label="Pareto frontier")
-    chosen = done[done["trial_id"] == evaluated]
-    if len(chosen):
-        ax.scatter(chosen["latency_ms"], chosen["best_val_f1"], s=140, facecolors="none",
-                   edgecolors="red", linewidths=1.5, label="evaluated")
-    ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter
-
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.set_xlabel("latency per sentence, ms (batch 1, one CPU thread; log scale)")
-    ax.set_ylabel("best val macro-F1")
-    ax.legend()
-    ax.set_title("Accuracy against latency, every trial")
-    _save(plt, fig, path)
+NEAR = 0.01  # the report's "fastest within": what `--pick fastest-within NEAR` would evaluate
 
 
 def frontier_section(m: dict, trials: pd.DataFrame) -> list[str]:
     """report.md's families and frontier: the best trial of each family (test figures for the
-    evaluated one only: the test split is read once), and what the frontier offers near the
-    evaluated trial."""
+    evaluated one only: the test split is read once), and the fastest trial near the winner
+    (what `--pick fastest-within 0.01` would evaluate)."""
     done = trials[trials["best_val_f1"].notna() & (trials["phase"] == "search")]
     if done.empty:
         return []
@@ -136,24 +38,33 @@ def frontier_section(m: dict, trials: pd.DataFrame) -> list[str]:
                            "epoch s"]),
              ("Latency: one sentence at a time (batch 1), median over 128 validation texts, one "
               "CPU thread, the network's forward pass; measured during the search, beside other "
-              f"trials. The evaluated model, measured here alone: {m['speed']['latency_ms']:.3f} "
+              f"trials. The evaluated model, measured here alone in "
+              f"{m.get('precision', 'fp32')}: {m['speed']['latency_ms']:.3f} "
               f"ms a sentence, {m['speed']['sentences_per_s_b256']:,.0f} sentences/s at batch "
               f"256, {m['speed']['params']:,} parameters.")]
-    me = trials[trials["trial_id"] == m["trial_id"]]
-    if len(me) and me["latency_ms"].notna().all() and done["latency_ms"].notna().any():
-        f1, ms = float(me["best_val_f1"].iloc[0]), float(me["latency_ms"].iloc[0])
-        near = done[(done["best_val_f1"] >= f1 - 0.01) & done["latency_ms"].notna()]
-        fastest = near.loc[near["latency_ms"].idxmin()]
-        ratio = ms / float(fastest["latency_ms"])
-        parts.append(
-            f"Within 0.01 val macro-F1 of the evaluated trial ({f1:.4f}, {ms:.3f} ms), the fastest "
-            f"is trial `{fastest['trial_id']}` ({fastest['family']}, "
-            f"{float(fastest['best_val_f1']):.4f}, {float(fastest['latency_ms']):.3f} ms): "
-            f"{ratio:.1f}x lower latency"
-            + ("." if ratio >= 5 else "; no configuration within 0.01 is 5x faster.")
-            + " `--pick fastest-within D` evaluates such a trial instead.")
+    if done["latency_ms"].notna().any():  # (an experiment from before families measured none)
+        parts += _fastest_within_line(trials)
     parts.append("![accuracy against latency](frontier.png)")
     return parts
+
+
+def _fastest_within_line(trials: pd.DataFrame) -> list[str]:
+    """What `evaluate_best --pick fastest-within NEAR` would evaluate, by its own rule
+    (`fastest_within`: the measured search trials with a latency, within NEAR of the winner's
+    val macro-F1), against the winner's latency; nothing if no trial qualifies."""
+    try:
+        pick = fastest_within(trials, NEAR)
+    except ValueError:  # (no measured search trial with a latency within NEAR)
+        return []
+    rule, row = pick["pick"], trials[trials["trial_id"] == pick["trial_id"]].iloc[0]
+    text = (f"Of the {rule['n_within']} measured search trials within {NEAR} val macro-F1 of "
+            f"the winner (trial `{rule['best_trial_id']}`, {rule['reference_val_f1']:.4f}, "
+            f"{rule['best_latency_ms']:.3f} ms), the fastest is trial `{pick['trial_id']}` "
+            f"({row['family']}, {pick['mean_val_f1']:.4f}, {rule['latency_ms']:.3f} ms)")
+    ratio = rule["best_latency_ms"] / rule["latency_ms"] if rule["latency_ms"] > 0 else np.nan
+    if np.isfinite(ratio):  # (the winner's own latency may be unmeasured)
+        text += f": {ratio:.1f}x lower latency" + ("" if ratio >= 5 else "; none is 5x faster")
+    return [text + f". `--pick fastest-within {NEAR}` evaluates it."]
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -179,8 +90,8 @@ def how_chosen(m: dict, trials: pd.DataFrame, counts: dict) -> list[str]:
                  "split was read once, here.")]
     if not choice["candidates"]:
         return [(f"Trial `{m['trial_id']}` (epoch {m['best_epoch']}, seed {m['seed']}), chosen on "
-                 f"validation macro-F1 among {ran}: one seed per configuration. The test split "
-                 "was read once, here.")]
+                 f"validation only among {ran}, by the {choice['rule']}. The test split was "
+                 "read once, here.")]
     search = int((trials["phase"] == "search").sum())
     return [
         (f"Chosen on validation only, in two phases, among {ran}. The search ran {search} "

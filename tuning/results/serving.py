@@ -42,13 +42,17 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
 def log_pyfunc(model_file: Path, registered_name: str) -> None:
     """Log `model_file` (evaluate_best's model.pt) as this run's pyfunc model `model`,
     registered as a version of `registered_name`."""
+    import importlib
+
     import torch
 
-    root = Path(__file__).resolve().parents[1]
+    # each package's own folder (not a path relative to this file, which moves with the layout)
+    folders = [Path(importlib.import_module(package).__file__).resolve().parent
+               for package in CODE_PACKAGES]
     example = pd.DataFrame({TEXT_COLUMN: ["i feel so happy and grateful today"]})
     mlflow.pyfunc.log_model(
         name="model", python_model=EmotionModel(), artifacts={"model": str(model_file)},
-        code_paths=[str(root / package) for package in CODE_PACKAGES],
+        code_paths=[str(folder) for folder in folders],
         input_example=example, registered_model_name=registered_name,
         # named, not inferred (inference imports the model in a subprocess)
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas", "numpy",

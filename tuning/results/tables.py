@@ -22,11 +22,10 @@ from model.config import (
 from model.speed import FIGURES
 from plumbing.errors import DataError
 from plumbing.files import write_text
-from tuning.intensify import SEARCH, choose, fastest_within, phase
 from tuning.outcome import LATENCY, MEASURED, METRIC, MODE, frontier, trial_status
+from tuning.selection import SEARCH, choose, fastest_within, phase
 from tuning.storage import Storage
 
-OPTIONS_FILE = "search_options.json"  # a search's options, as first given (resume reads them)
 # trials.csv's columns of configuration: every hyperparameter (a trial's row fills those its
 # family reads; the others are empty), and the epochs a trial could run
 CONFIG_COLUMNS = [*HYPERPARAMETERS, "epochs"]
@@ -81,6 +80,13 @@ def trials_frame(analysis: ExperimentAnalysis) -> pd.DataFrame:
         for key in FIGURES:  # what the trial measured of its network (model/speed.py)
             measured = history[key].dropna() if has and key in history else ()
             row[key] = float(measured.iloc[-1]) if len(measured) else math.nan
+        # what it trained in, and what its latency was measured in (the precision it is
+        # served in on a CPU: model/precision.py on_this_cpu); fp32 before precisions
+        row["precision"] = cfg.get("precision", "fp32")
+        served = history.get("latency_precision") if has else None
+        served = served.dropna() if served is not None else ()
+        measured_before = "fp32" if not math.isnan(row["latency_ms"]) else None
+        row["latency_precision"] = str(served.iloc[-1]) if len(served) else measured_before
         epochs = history["epoch_s"].dropna() if has and "epoch_s" in history else ()
         row["epoch_s"] = round(float(epochs.mean()), 3) if len(epochs) else math.nan
         rows.append(row)
@@ -115,8 +121,8 @@ def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame, within: float | N
     it), its best-val_f1 checkpoint, and the choice."""
     try:
         choice = choose(trials)
-    except ValueError:
-        raise DataError(f"{analysis.experiment_path}: no trial reported {METRIC}") from None
+    except ValueError as e:
+        raise DataError(f"{analysis.experiment_path}: {e}") from None
     if within is not None:
         try:
             choice = fastest_within(trials, within, choice)
@@ -129,26 +135,13 @@ def winner(analysis: ExperimentAnalysis, trials: pd.DataFrame, within: float | N
     return trial, checkpoint, choice
 
 
-def search_options(report_dir: Path, storage: Storage, name: str) -> dict | None:
-    """A search's options: the copy kept beside the experiment (its own, wherever it runs or is
-    read from), else, for an experiment from before that copy was kept, the local report's;
-    None if neither is there. The local report folder is named by experiment name only, so two
-    experiments of one name in two storages share it: it must not speak for either."""
-    try:
-        return storage.read_json(name, OPTIONS_FILE)
-    except (OSError, ValueError):
-        pass
-    local = report_dir / OPTIONS_FILE
-    return json.loads(local.read_text()) if local.is_file() else None
-
-
 def write_reports(analysis: ExperimentAnalysis, out_dir: Path) -> tuple[pd.DataFrame, dict | None]:
     """trials.csv and best_config.json of an experiment, into `out_dir`; returns the trials and
-    best_config.json's content (None: no trial finished an epoch)."""
+    best_config.json's content (None: no trial but errored ones finished an epoch)."""
     table = trials_frame(analysis)
     write_text(out_dir / "trials.csv", table.to_csv(index=False))
     best = None
-    if (table["epochs_run"] > 0).any():
+    if ((table["epochs_run"] > 0) & (table["status"] != "error")).any():
         trial, _, choice = winner(analysis, table)
         row = table[table["trial_id"] == trial.trial_id].iloc[0]
         # "config" is what the winner trained with, its seed included: `python -m model.train
@@ -159,36 +152,3 @@ def write_reports(analysis: ExperimentAnalysis, out_dir: Path) -> tuple[pd.DataF
                 "config": from_trial_params(trial.config), "selection": choice}
         write_text(out_dir / "best_config.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
     return table, best
-
-
-def hyperparameter_importance(trials: pd.DataFrame, space: dict) -> dict[str, float]:
-    """Optuna's fANOVA importance of each searched hyperparameter for the trials' best val_f1."""
-    import optuna
-
-    from tuning.space import to_optuna
-
-    dists = to_optuna(space)
-    # the search trials only: a replicate adds a seed, not a configuration
-    done = trials[trials["best_val_f1"].notna() & (trials["phase"] == SEARCH)]
-    if len(done) < 3 or not dists:
-        return {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for _, row in done.iterrows():
-        # a trial's own family's keys: across families, fANOVA ranks the keys they all have
-        # (the family itself among them)
-        reads = {FAMILY_KEY, *family_keys(family_of(row))}
-        params = {k: (row[k].item() if hasattr(row[k], "item") else row[k])
-                  for k in dists if k in reads}
-        try:
-            study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={k: dists[k] for k in params},
-                value=float(row["best_val_f1"])))
-        except ValueError:  # a value outside the (overridden) space: leave that trial out
-            continue
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return {k: float(v) for k, v in optuna.importance.get_param_importances(
-            study, evaluator=evaluator).items()}
-    except (RuntimeError, ValueError):  # too few distinct trials
-        return {}

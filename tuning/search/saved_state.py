@@ -1,0 +1,202 @@
+"""Tune's saved state, whole and of one save, whatever a kill -9 cut.
+
+At each save Tune writes an experiment's state as three files into the driver's staging folder
+(tune_controller.py, `save_to_dir`): experiment_state-S.json (the trials), search_gen_state-S.json
+(the search generator and the searcher's wrappers: the concurrency limit, the stage) and
+searcher-state-S.pkl (OptunaSearch and its in-memory study). A background thread then uploads
+the folder file by file, in no fixed order, while the next save may already be rewriting them
+(experiment_state.py, syncer.py). A kill -9 can so leave the storage holding files of two saves,
+and a restore takes the newest of each kind as it finds it: a stage then waits for ever on a
+search trial the restored experiment never had (CI saw a resume hang so), and a search generator
+counting trials the experiment lost creates too few.
+
+So at each save the three are also bundled into one file, harness/tune_state.pkl, which the
+upload writes whole (atomic_fs.py for a folder; an S3 upload is whole), and a resume puts the
+bundle's three back in place of the newest before Tune reads them (`put_back`), the searcher's
+into Tune's staging folder too (`restore_staged`: Tune reads them from there, and on a joined
+cluster that folder outlives a killed driver). The bundle is what a resume restores: retention
+asks it which trials are saved as ended (`saved_trials`). A resume from the bundle can be a
+save behind the files beside it (a kill after they landed, before it did): that save runs
+again, as after any kill between saves.
+
+tuner.pkl, which Tune writes in place when a Tuner is made and uploads again, in place, at every
+save of a resumed run, is kept whole the same way, as harness/tuner.pkl.kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import glob
+import json
+import os
+import pickle
+import pickletools
+import sys
+import tempfile
+
+import pyarrow.fs as pafs
+
+from plumbing.errors import DataError
+from tuning.options import HARNESS_DIR
+
+BUNDLE = "tune_state.pkl"
+TUNER_STATE, KEPT_STATE = "tuner.pkl", "tuner.pkl.kept"
+
+
+def state_files() -> tuple[str, ...]:
+    """The name templates of the files of one save ("{}": the session)."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import Searcher, SearchGenerator
+
+    return (TuneController.CKPT_FILE_TMPL, SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL)
+
+
+def bundle(staging: str, session: str) -> None:
+    """Bundle the state files this save just wrote into `staging` as staging/harness/BUNDLE,
+    replaced whole (the temporary outside the folder the upload copies)."""
+    files = {}
+    for template in state_files():
+        path = os.path.join(staging, template.format(session))
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                files[template] = f.read()
+    if state_files()[0] not in files:
+        return  # (no experiment state: nothing a resume could start from)
+    target = os.path.join(staging, HARNESS_DIR, BUNDLE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(staging), prefix=".tune_state-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"session": session, "files": files}, f)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_bundle(fs: pafs.FileSystem, experiment: str) -> dict | None:
+    """The last bundle uploaded for the experiment at `experiment` on `fs`; None if there is
+    none (an experiment from before bundles, or killed before its first upload). Raises OSError
+    or pickle's errors where one is there but cannot be read (read in one request: a bucket's
+    object replaced between ranged reads would mix two)."""
+    path = f"{experiment}/{HARNESS_DIR}/{BUNDLE}"
+    try:
+        with fs.open_input_file(path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return pickle.loads(data)
+
+
+def put_back(fs: pafs.FileSystem, experiment: str, text: str) -> dict | None:
+    """Write the bundle's files in place of the newest of each kind (what Tune's restore reads,
+    by name), where they differ, and say so. Returns the bundle ({"session", "files": template
+    -> bytes}), None where there is none; a DataError where it cannot be read."""
+    try:
+        saved = read_bundle(fs, experiment)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DataError(f"{text}: cannot read {HARNESS_DIR}/{BUNDLE}, the experiment's last "
+                        f"whole save ({type(exc).__name__}: {exc}); try --resume again") from None
+    if saved is None:
+        return None
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(experiment))]
+    changed = False
+    for template, data in saved["files"].items():
+        target = max([*fnmatch.filter(names, template.format("*")),
+                      template.format(saved["session"])])
+        path = f"{experiment}/{target}"
+        if target in names and _read(fs, path) == data:
+            continue
+        _write_whole(fs, path, data)
+        changed = True
+    if changed:
+        print(f"{text}: resuming from the last save uploaded whole ({HARNESS_DIR}/{BUNDLE}): "
+              f"Tune's state files beside it were of another save (a kill -9 during or after an "
+              f"upload; what was saved after it runs again)", file=sys.stderr)
+    return saved
+
+
+def restore_staged(staging: str, saved: dict) -> None:
+    """Put the bundle's searcher state in Tune's staging folder, in place of every file of its
+    kinds there: Tune restores the searcher from the newest it finds in that folder, which on a
+    joined cluster (its session kept) can still hold a killed driver's later files."""
+    for template in state_files()[1:]:
+        for stale in glob.glob(os.path.join(staging, template.format("*"))):
+            os.unlink(stale)
+        if template in saved["files"]:
+            with open(os.path.join(staging, template.format(saved["session"])), "wb") as f:
+                f.write(saved["files"][template])
+
+
+def saved_trials(fs: pafs.FileSystem, experiment: str) -> list[dict]:
+    """The trials (Tune's JSON state of each) of the state a resume would restore: the bundle's,
+    or the newest experiment_state-*.json where there is no bundle. Raises OSError or
+    ValueError where neither can be read."""
+    saved = read_bundle(fs, experiment)
+    if saved is not None:
+        data = saved["files"][state_files()[0]]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
+        pattern = state_files()[0].format("*")
+        states = [i.path for i in infos if fnmatch.fnmatch(i.base_name, pattern)]
+        if not states:
+            return []
+        data = _read(fs, max(states))  # (named by the time it was saved)
+    return [json.loads(trial) for trial, _ in json.loads(data)["trial_data"]]
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _write_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """A local file renamed into place (plumbing.files); an object store's upload is whole."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        from plumbing.files import write_bytes
+
+        write_bytes(path, data)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+# -- tuner.pkl ---------------------------------------------------------------------------------
+
+def keep_tuner_state(fs: pafs.FileSystem, experiment: str) -> None:
+    """Tune writes tuner.pkl in place (no temporary file) when a Tuner is made, and a resumed
+    run uploads it again, in place, at every save of the experiment state (it is among the
+    top-level files Tune copies to its staging folder): a kill -9 in such a window leaves it
+    cut, and the experiment could not be resumed. So a copy of the last whole one is kept in
+    harness/ (where Tune writes only our bundle), written to a temporary name and then moved."""
+    state, kept = _tuner_states(experiment)
+    if whole_pickle(fs, state):
+        fs.create_dir(f"{experiment}/{HARNESS_DIR}")
+        fs.copy_file(state, kept + ".tmp")
+        fs.move(kept + ".tmp", kept)
+
+
+def put_back_tuner_state(fs: pafs.FileSystem, experiment: str, text: str) -> None:
+    state, kept = _tuner_states(experiment)
+    if not whole_pickle(fs, state) and whole_pickle(fs, kept):
+        print(f"{text}: {TUNER_STATE} was cut short (a kill while Tune rewrote it): using the "
+              f"copy kept in {HARNESS_DIR}/", file=sys.stderr)
+        fs.copy_file(kept, state)
+
+
+def _tuner_states(experiment: str) -> tuple[str, str]:
+    """Tune's tuner.pkl and the whole copy kept of it in harness/."""
+    return f"{experiment}/{TUNER_STATE}", f"{experiment}/{HARNESS_DIR}/{KEPT_STATE}"
+
+
+def whole_pickle(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether the file is a whole pickle: every opcode read through to its STOP, nothing
+    after it (a check of its structure, not of its last byte, which a cut can end on too).
+    Nothing in it is built: unpickling tuner.pkl would connect to a stored study's database."""
+    try:
+        data = _read(fs, path)
+        end = max(pos for _, _, pos in pickletools.genops(data))  # (raises on a cut)
+        return bool(data) and data[end:end + 1] == b"." and end + 1 == len(data)
+    except Exception:  # noqa: BLE001 - missing, cut, or unreadable: not whole
+        return False
