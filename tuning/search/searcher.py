@@ -26,6 +26,7 @@ cut one PRUNED.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 TRIAL_ID_ATTR = "trial_id"
 SEARCH_ID_ATTR = "search_id"
 WARM_ATTR = "warm_start"  # on a trial learnt from another experiment: that experiment
+STALE_ASK_S = 60  # a trial asked for and still unnamed this long after: its suggestion was cut
 SET_UP_ATTR = "set_up"  # on the study, per search id: its points and warm trials are in it
 STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
           "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
@@ -189,7 +191,9 @@ def settle_study(storage_url: str, study_name: str, trials,
       budget_stopped: PRUNED, as an ASHA cut (Tune tells the searcher nothing of them);
       a trial the experiment does not know (started after the state a kill -9 resume began
       from; the searcher suggested another in its place): FAIL, as Optuna's own heartbeat
-      marks a lost worker's trial, so the study keeps no trial RUNNING forever.
+      marks a lost worker's trial, so the study keeps no trial RUNNING forever; so too a
+      trial with no trial id, asked for over STALE_ASK_S ago (a kill -9 between OptunaSearch's
+      `ask` and the id it is named by; a namesake search names its own within milliseconds).
     Trials still unfinished (an interrupted search) stay RUNNING: a resume goes on with them.
     Returns how many of each were told."""
     import optuna
@@ -198,10 +202,16 @@ def settle_study(storage_url: str, study_name: str, trials,
     known = set(trials["trial_id"])
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     told = {"budget_stopped": 0, "unknown": 0}
+    asked_before = datetime.datetime.now() - datetime.timedelta(seconds=STALE_ASK_S)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
+        if trial_id is None:  # asked for, never named: a kill -9 cut its suggestion
+            if t.datetime_start and t.datetime_start < asked_before:
+                study.tell(t.number, state=TrialState.FAIL)
+                told["unknown"] += 1
+            continue
         if search_id and t.user_attrs.get(SEARCH_ID_ATTR) != search_id:
             continue  # another search's of the same name in the same database
-        trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
         if trial_id in stopped:
             study.tell(t.number, state=TrialState.PRUNED)
             told["budget_stopped"] += 1

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,15 @@ CRASH_IF_ENV = "EMOTION_FAULT_CRASH_IF"
 SPEED_KEY = "speed"
 
 
+def _quiet_exit_in_finalizer(unraisable) -> None:
+    """When the search ends, Ray ends each idle worker with SIGTERM, and its handler raises
+    SystemExit; landing inside a finalizer (a WeakSet callback, say) Python ignores it but prints
+    its traceback ("Exception ignored in ...", 9 lines on the user's terminal after a search that
+    went well). That one case is not printed; anything else is, as Python would."""
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def train_trial(config: dict, splits: Splits, verbose: bool = False) -> None:
     """Ray Tune function trainable. `splits` comes once from the object store (with_parameters).
     Unless `verbose`, Ray Train's and Tune's INFO lines in this worker are not logged (Ray
@@ -43,6 +53,7 @@ def train_trial(config: dict, splits: Splits, verbose: bool = False) -> None:
     if not verbose:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        sys.unraisablehook = _quiet_exit_in_finalizer
     cfg = TrainConfig.from_flat(from_trial_params(config))
     key, _, value = os.environ.get(CRASH_IF_ENV, "").partition("=")
     if key and str(config.get(key)) == value:
