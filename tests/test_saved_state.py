@@ -123,3 +123,42 @@ def test_a_bundle_that_cannot_be_read_is_said_not_taken_for_none(tmp_path):
     from tuning.search.retention import saved_as_ended
 
     assert saved_as_ended(fs, str(exp)) == set()  # (not the fallback's {"a"})
+
+
+def test_an_ended_trials_results_the_upload_lost_are_put_back_and_a_running_ones_left(tmp_path,
+                                                                                       capsys):
+    """A kill -9 after the state landed, before an ended trial's result files did (CI saw a
+    trial saved as TERMINATED with no progress.csv): the bundle carries the ended trials'
+    files, and a resume writes back those missing or cut short; a running trial's (which its
+    resume rewrites) and files the storage holds whole are left as they are."""
+    fs, exp = pafs.LocalFileSystem(), tmp_path / "exp"
+    staging = tmp_path / "staging" / "driver_artifacts"
+    state = _state(("a", "TERMINATED"), ("b", "ERROR"), ("c", "RUNNING"))
+    _save(staging, NEW, state, b"gen", b"searcher")
+    files = {}
+    for trial in "abc":
+        for name in ("progress.csv", "result.json", "params.json"):
+            files[f"trial_{trial}/{name}"] = f"{trial} {name}\n1,2,3\n4,5,6\n".encode()
+            (staging / f"trial_{trial}").mkdir(exist_ok=True)
+            (staging / f"trial_{trial}" / name).write_bytes(files[f"trial_{trial}/{name}"])
+    bundle(str(staging), NEW)
+    # the storage: the state and a's params landed, a's progress.csv was cut, a's result.json
+    # and all of b's never came; c's progress.csv holds less than the bundle's (and may: it runs)
+    _save(exp, NEW, state, b"gen", b"searcher")
+    (exp / "harness").mkdir()
+    (exp / "harness" / BUNDLE).write_bytes((staging / "harness" / BUNDLE).read_bytes())
+    (exp / "trial_a").mkdir()
+    (exp / "trial_a" / "params.json").write_bytes(files["trial_a/params.json"])
+    (exp / "trial_a" / "progress.csv").write_bytes(files["trial_a/progress.csv"][:9])
+    (exp / "trial_c").mkdir()
+    (exp / "trial_c" / "progress.csv").write_bytes(b"c")
+
+    put_back(fs, str(exp), "exp")
+    assert "5 result file(s) of trials saved as ended were missing" in capsys.readouterr().err
+    for trial in "ab":
+        for name in ("progress.csv", "result.json", "params.json"):
+            assert (exp / f"trial_{trial}" / name).read_bytes() == files[f"trial_{trial}/{name}"]
+    assert [p.name for p in (exp / "trial_c").iterdir()] == ["progress.csv"]
+    assert (exp / "trial_c" / "progress.csv").read_bytes() == b"c"
+    put_back(fs, str(exp), "exp")  # once in place, nothing more to say
+    assert capsys.readouterr().err == ""

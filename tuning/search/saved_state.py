@@ -15,7 +15,13 @@ upload writes whole (atomic_fs.py for a folder; an S3 upload is whole), and a re
 bundle's three back in place of the newest before Tune reads them (`put_back`), the searcher's
 into Tune's staging folder too (`restore_staged`: Tune reads them from there, and on a joined
 cluster that folder outlives a killed driver). The bundle is what a resume restores: retention
-asks it which trials are saved as ended (`saved_trials`). A resume from the bundle can be a
+asks it which trials are saved as ended (`saved_trials`).
+
+A trial's result files (progress.csv, result.json, params.*) ride the same upload: a kill -9
+after the state landed, before such a file did, left a trial the restored state holds as ended
+(Tune runs it no more) with no results in the storage (CI saw trials.csv report it `no_result`).
+So the bundle carries the result files of the trials its state holds as ended, and a resume puts
+back any the storage lacks or holds cut short. A resume from the bundle can be a
 save behind the files beside it (a kill after they landed, before it did): that save runs
 again, as after any kill between saves.
 
@@ -62,17 +68,42 @@ def bundle(staging: str, session: str) -> None:
                 files[template] = f.read()
     if state_files()[0] not in files:
         return  # (no experiment state: nothing a resume could start from)
+    results = {}
+    for trial_id in _ended(files[state_files()[0]]):
+        for name in result_files():
+            path = os.path.join(staging, f"trial_{trial_id}", name)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    results[f"trial_{trial_id}/{name}"] = f.read()
     target = os.path.join(staging, HARNESS_DIR, BUNDLE)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(staging), prefix=".tune_state-")
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump({"session": session, "files": files}, f)
+            pickle.dump({"session": session, "files": files, "results": results}, f)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def result_files() -> tuple[str, ...]:
+    """A trial's files of results that the driver writes and the upload carries (the
+    TensorBoard events aside): what Tune's ExperimentAnalysis and our reports read."""
+    from ray.tune.result import (EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_PROGRESS_FILE,
+                                 EXPR_RESULT_FILE)
+
+    return (EXPR_PROGRESS_FILE, EXPR_RESULT_FILE, EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE)
+
+
+def _ended(experiment_state: bytes) -> list[str]:
+    return [t["trial_id"] for t in _trials(experiment_state)
+            if t.get("status") in ("TERMINATED", "ERROR")]
+
+
+def _trials(experiment_state: bytes) -> list[dict]:
+    return [json.loads(trial) for trial, _ in json.loads(experiment_state)["trial_data"]]
 
 
 def read_bundle(fs: pafs.FileSystem, experiment: str) -> dict | None:
@@ -114,7 +145,28 @@ def put_back(fs: pafs.FileSystem, experiment: str, text: str) -> dict | None:
         print(f"{text}: resuming from the last save uploaded whole ({HARNESS_DIR}/{BUNDLE}): "
               f"Tune's state files beside it were of another save (a kill -9 during or after an "
               f"upload; what was saved after it runs again)", file=sys.stderr)
+    cut = _put_back_results(fs, experiment, saved.get("results", {}))
+    if cut:
+        print(f"{text}: {len(cut)} result file(s) of trials saved as ended were missing or cut "
+              f"short in the storage (a kill -9 before their upload ended), put back from "
+              f"{HARNESS_DIR}/{BUNDLE}: {', '.join(cut[:3])}{' ...' if len(cut) > 3 else ''}",
+              file=sys.stderr)
     return saved
+
+
+def _put_back_results(fs: pafs.FileSystem, experiment: str, results: dict) -> list[str]:
+    """Write back each ended trial's result file the storage lacks, or holds shorter than the
+    bundle (an ended trial's files only grow; a kill mid-upload leaves one cut): the state a
+    resume restores holds such a trial as ended, and Tune runs it no more. Returns their paths."""
+    if not results:
+        return []
+    infos = fs.get_file_info([f"{experiment}/{rel}" for rel in results])
+    cut = [rel for rel, info in zip(results, infos)
+           if info.type == pafs.FileType.NotFound or info.size < len(results[rel])]
+    for rel in cut:
+        fs.create_dir(os.path.dirname(f"{experiment}/{rel}"), recursive=True)
+        _write_whole(fs, f"{experiment}/{rel}", results[rel])
+    return cut
 
 
 def restore_staged(staging: str, saved: dict) -> None:
@@ -143,7 +195,7 @@ def saved_trials(fs: pafs.FileSystem, experiment: str) -> list[dict]:
         if not states:
             return []
         data = _read(fs, max(states))  # (named by the time it was saved)
-    return [json.loads(trial) for trial, _ in json.loads(data)["trial_data"]]
+    return _trials(data)
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
