@@ -91,8 +91,12 @@ def bundle(staging: str, session: str) -> None:
 def result_files() -> tuple[str, ...]:
     """A trial's files of results that the driver writes and the upload carries (the
     TensorBoard events aside): what Tune's ExperimentAnalysis and our reports read."""
-    from ray.tune.result import (EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_PROGRESS_FILE,
-                                 EXPR_RESULT_FILE)
+    from ray.tune.result import (
+        EXPR_PARAM_FILE,
+        EXPR_PARAM_PICKLE_FILE,
+        EXPR_PROGRESS_FILE,
+        EXPR_RESULT_FILE,
+    )
 
     return (EXPR_PROGRESS_FILE, EXPR_RESULT_FILE, EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE)
 
