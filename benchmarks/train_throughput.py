@@ -65,7 +65,7 @@ def in_precision(precision: str, splits, flops: int, tokens: int) -> dict:
 
 
 def main() -> int:
-    from model.precision import bf16_lstm_runs, native_bf16
+    from model.precision import lstm_runs, native_bf16
 
     torch.set_num_threads(1)
     splits = load_processed(paths())
@@ -83,7 +83,7 @@ def main() -> int:
     native, why = native_bf16("cpu")
     by_precision = {"fp32": in_precision("fp32", splits, flops, tokens)}
     # (fp16 is CUDA's; bf16 where torch can run an LSTM in it: native, or emulated on AVX-512)
-    by_precision["bf16"] = (in_precision("bf16", splits, flops, tokens) if bf16_lstm_runs()
+    by_precision["bf16"] = (in_precision("bf16", splits, flops, tokens) if lstm_runs()
                             else {"skipped": "torch has no bf16 LSTM for this CPU"})
     fp32 = by_precision["fp32"]
     result = {**fp32, "by_precision": by_precision, "native_bf16": native, "bf16_note": why,

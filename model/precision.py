@@ -100,7 +100,7 @@ def resolve(asked: str, device: torch.device | str = "cpu", threads: int = 1,
     if asked == "bf16-emulated" and device.type == "cuda":
         return Resolved("bf16", f"bf16 ({why})")
     if asked == "bf16-emulated":
-        lstm = "" if native or bf16_lstm_runs() else (
+        lstm = "" if native or lstm_runs() else (
             "; torch has no bf16 LSTM for this CPU: a trial of an LSTM will fail")
         return Resolved("bf16", f"bf16 ({why}: emulated, slower than fp32{lstm})")
     if asked == "bf16":
@@ -114,13 +114,14 @@ def resolve(asked: str, device: torch.device | str = "cpu", threads: int = 1,
                           f"fp32's, bf16 when at most {PAYS})")
 
 
-def bf16_lstm_runs() -> bool:
-    """Whether torch can run an LSTM under CPU bf16 autocast here (oneDNN has no bf16 LSTM for
-    CPUs without AVX-512: it fails to build the primitive)."""
+def lstm_runs(precision: str = "bf16") -> bool:
+    """Whether torch can run an LSTM under CPU autocast in `precision` here (oneDNN has no bf16
+    LSTM for CPUs without AVX-512, and none in fp16 on some with it: it fails to build the
+    primitive)."""
     with torch.random.fork_rng(devices=[]):  # (its weights are drawn: a run's draws are not)
         lstm = torch.nn.LSTM(4, 4, batch_first=True)
         try:
-            with autocast("bf16", "cpu"):
+            with autocast(precision, "cpu"):
                 lstm(torch.zeros(1, 2, 4))[0].sum().backward()
         except RuntimeError:
             return False

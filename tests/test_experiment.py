@@ -82,7 +82,7 @@ def test_the_kept_tuner_state_is_checked_by_its_content(tmp_path):
     """A tuner.pkl cut anywhere, even on a byte that ends a pickle ('.'), is not whole."""
     import pyarrow.fs as pafs
 
-    from tuning.search.saved_state import whole_pickle
+    from tuning.search.tuner_state import whole_pickle
 
     data = pickle.dumps({"a": "x." * 50, "b": list(range(100))})
     cuts = [i for i in range(1, len(data)) if data[i - 1:i] == b"."]

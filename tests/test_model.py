@@ -158,7 +158,9 @@ def test_a_run_resumed_from_the_epoch_it_ended_at_trains_no_further(real_small, 
         run.append(epoch)
         states[epoch.epoch] = epoch.training_state()
     stopped = run[-1]
-    assert (stopped.status, stopped.epoch) == ("early_stopped", 4), "precondition: stops early"
+    # (the epoch it stops at differs between CPUs' kernels: 4 on AVX2, 3 on an AVX-512 EPYC)
+    assert stopped.status == "early_stopped" and 2 <= stopped.epoch < STOPS_EARLY["epochs"], \
+        ("precondition: stops early, after an epoch to resume from", stopped.epoch)
     for n in (stopped.epoch, stopped.epoch - 1):
         save_checkpoint(states[n], tmp_path / f"epoch{n}.pt")
     resumed = list(train_epochs(STOPS_EARLY, real_small, resume=load_checkpoint(

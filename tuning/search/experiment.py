@@ -124,8 +124,9 @@ class Experiment:
         of one save where a kill -9 cut it (saved_state.py)."""
         from ray import tune
 
-        from tuning.search.saved_state import keep_tuner_state, put_back, put_back_tuner_state
+        from tuning.search.saved_state import put_back
         from tuning.search.tuner import Extendable, make_tuner
+        from tuning.search.tuner_state import keep_tuner_state, put_back_tuner_state
 
         fs, path = self.storage.fs, self.storage.path(self.name)
         if not self.resumed:

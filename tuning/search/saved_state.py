@@ -25,8 +25,7 @@ back any the storage lacks or holds cut short. A resume from the bundle can be a
 save behind the files beside it (a kill after they landed, before it did): that save runs
 again, as after any kill between saves.
 
-tuner.pkl, which Tune writes in place when a Tuner is made and uploads again, in place, at every
-save of a resumed run, is kept whole the same way, as harness/tuner.pkl.kept.
+tuner.pkl is kept whole the same way by tuner_state.py.
 """
 from __future__ import annotations
 
@@ -36,7 +35,6 @@ import glob
 import json
 import os
 import pickle
-import pickletools
 import sys
 import tempfile
 
@@ -46,7 +44,6 @@ from plumbing.errors import DataError
 from tuning.options import HARNESS_DIR
 
 BUNDLE = "tune_state.pkl"
-TUNER_STATE, KEPT_STATE = "tuner.pkl", "tuner.pkl.kept"
 
 
 def state_files() -> tuple[str, ...]:
@@ -216,43 +213,3 @@ def _write_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
-
-
-# -- tuner.pkl ---------------------------------------------------------------------------------
-
-def keep_tuner_state(fs: pafs.FileSystem, experiment: str) -> None:
-    """Tune writes tuner.pkl in place (no temporary file) when a Tuner is made, and a resumed
-    run uploads it again, in place, at every save of the experiment state (it is among the
-    top-level files Tune copies to its staging folder): a kill -9 in such a window leaves it
-    cut, and the experiment could not be resumed. So a copy of the last whole one is kept in
-    harness/ (where Tune writes only our bundle), written to a temporary name and then moved."""
-    state, kept = _tuner_states(experiment)
-    if whole_pickle(fs, state):
-        fs.create_dir(f"{experiment}/{HARNESS_DIR}")
-        fs.copy_file(state, kept + ".tmp")
-        fs.move(kept + ".tmp", kept)
-
-
-def put_back_tuner_state(fs: pafs.FileSystem, experiment: str, text: str) -> None:
-    state, kept = _tuner_states(experiment)
-    if not whole_pickle(fs, state) and whole_pickle(fs, kept):
-        print(f"{text}: {TUNER_STATE} was cut short (a kill while Tune rewrote it): using the "
-              f"copy kept in {HARNESS_DIR}/", file=sys.stderr)
-        fs.copy_file(kept, state)
-
-
-def _tuner_states(experiment: str) -> tuple[str, str]:
-    """Tune's tuner.pkl and the whole copy kept of it in harness/."""
-    return f"{experiment}/{TUNER_STATE}", f"{experiment}/{HARNESS_DIR}/{KEPT_STATE}"
-
-
-def whole_pickle(fs: pafs.FileSystem, path: str) -> bool:
-    """Whether the file is a whole pickle: every opcode read through to its STOP, nothing
-    after it (a check of its structure, not of its last byte, which a cut can end on too).
-    Nothing in it is built: unpickling tuner.pkl would connect to a stored study's database."""
-    try:
-        data = _read(fs, path)
-        end = max(pos for _, _, pos in pickletools.genops(data))  # (raises on a cut)
-        return bool(data) and data[end:end + 1] == b"." and end + 1 == len(data)
-    except Exception:  # noqa: BLE001 - missing, cut, or unreadable: not whole
-        return False
