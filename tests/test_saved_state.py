@@ -143,13 +143,16 @@ def test_an_ended_trials_results_the_upload_lost_are_put_back_and_a_running_ones
             (staging / f"trial_{trial}" / name).write_bytes(files[f"trial_{trial}/{name}"])
     bundle(str(staging), NEW)
     # the storage: the state and a's params landed, a's progress.csv was cut, a's result.json
-    # and all of b's never came; c's progress.csv holds less than the bundle's (and may: it runs)
+    # and b's progress and result never came, b's params are an older run's; c's progress.csv
+    # holds less than the bundle's (and may: it runs)
     _save(exp, NEW, state, b"gen", b"searcher")
     (exp / "harness").mkdir()
     (exp / "harness" / BUNDLE).write_bytes((staging / "harness" / BUNDLE).read_bytes())
     (exp / "trial_a").mkdir()
     (exp / "trial_a" / "params.json").write_bytes(files["trial_a/params.json"])
     (exp / "trial_a" / "progress.csv").write_bytes(files["trial_a/progress.csv"][:9])
+    (exp / "trial_b").mkdir()  # an older, longer params.json (a restart from scratch)
+    (exp / "trial_b" / "params.json").write_bytes(files["trial_b/params.json"] + b"older\n")
     (exp / "trial_c").mkdir()
     (exp / "trial_c" / "progress.csv").write_bytes(b"c")
 

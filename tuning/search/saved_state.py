@@ -65,13 +65,13 @@ def bundle(staging: str, session: str) -> None:
                 files[template] = f.read()
     if state_files()[0] not in files:
         return  # (no experiment state: nothing a resume could start from)
-    results = {}
-    for trial_id in _ended(files[state_files()[0]]):
+    results = {}  # (a trial that ended in an earlier session has no files here: a resume of
+    for folder in _ended(files[state_files()[0]]):  # that session put them back already)
         for name in result_files():
-            path = os.path.join(staging, f"trial_{trial_id}", name)
+            path = os.path.join(staging, folder, name)
             if os.path.exists(path):
                 with open(path, "rb") as f:
-                    results[f"trial_{trial_id}/{name}"] = f.read()
+                    results[f"{folder}/{name}"] = f.read()
     target = os.path.join(staging, HARNESS_DIR, BUNDLE)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(staging), prefix=".tune_state-")
@@ -99,8 +99,10 @@ def result_files() -> tuple[str, ...]:
 
 
 def _ended(experiment_state: bytes) -> list[str]:
-    return [t["trial_id"] for t in _trials(experiment_state)
-            if t.get("status") in ("TERMINATED", "ERROR")]
+    """The folders of the trials a state holds as ended (Tune reruns neither kind on resume:
+    the harness restores with resume_errored off)."""
+    return [t.get("relative_logdir") or f"trial_{t['trial_id']}"
+            for t in _trials(experiment_state) if t.get("status") in ("TERMINATED", "ERROR")]
 
 
 def _trials(experiment_state: bytes) -> list[dict]:
@@ -148,22 +150,23 @@ def put_back(fs: pafs.FileSystem, experiment: str, text: str) -> dict | None:
               f"upload; what was saved after it runs again)", file=sys.stderr)
     cut = _put_back_results(fs, experiment, saved.get("results", {}))
     if cut:
-        print(f"{text}: {len(cut)} result file(s) of trials saved as ended were missing or cut "
-              f"short in the storage (a kill -9 before their upload ended), put back from "
+        print(f"{text}: {len(cut)} result file(s) of trials saved as ended were missing or not "
+              f"as saved in the storage (a kill -9 before their upload ended), put back from "
               f"{HARNESS_DIR}/{BUNDLE}: {', '.join(cut[:3])}{' ...' if len(cut) > 3 else ''}",
               file=sys.stderr)
     return saved
 
 
 def _put_back_results(fs: pafs.FileSystem, experiment: str, results: dict) -> list[str]:
-    """Write back each ended trial's result file the storage lacks, or holds shorter than the
-    bundle (an ended trial's files only grow; a kill mid-upload leaves one cut): the state a
-    resume restores holds such a trial as ended, and Tune runs it no more. Returns their paths."""
+    """Write back each ended trial's result file the storage lacks, or holds of another size
+    than the bundle (an ended trial's files are written no more: a kill mid-upload leaves one
+    cut, a restart from scratch an older one): the state a resume restores holds such a trial
+    as ended, and Tune runs it no more. Returns their paths."""
     if not results:
         return []
     infos = fs.get_file_info([f"{experiment}/{rel}" for rel in results])
     cut = [rel for rel, info in zip(results, infos)
-           if info.type == pafs.FileType.NotFound or info.size < len(results[rel])]
+           if info.type != pafs.FileType.File or info.size != len(results[rel])]
     for rel in cut:
         fs.create_dir(os.path.dirname(f"{experiment}/{rel}"), recursive=True)
         _write_whole(fs, f"{experiment}/{rel}", results[rel])

@@ -26,6 +26,7 @@ cut one PRUNED.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
@@ -206,9 +207,10 @@ def settle_study(storage_url: str, study_name: str, trials,
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
         if trial_id is None:  # asked for, never named: a kill -9 cut its suggestion
-            if t.datetime_start and t.datetime_start < asked_before:
-                study.tell(t.number, state=TrialState.FAIL)
-                told["unknown"] += 1
+            if t.datetime_start and t.datetime_start < asked_before:  # (the study's clock)
+                with contextlib.suppress(ValueError, UpdateFinishedTrialError):  # (ended since)
+                    study.tell(t.number, state=TrialState.FAIL)
+                    told["unknown"] += 1
             continue
         if search_id and t.user_attrs.get(SEARCH_ID_ATTR) != search_id:
             continue  # another search's of the same name in the same database
