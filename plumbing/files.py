@@ -12,11 +12,13 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str):
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+def atomic_path(target: Path | str, tmp_dir: Path | str | None = None):
+    """Yield a temporary path beside `target` (or in `tmp_dir`, on the same filesystem: out of a
+    folder something else copies as it is); rename it onto `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                               dir=tmp_dir or target.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -43,7 +43,7 @@ def test_a_save_is_bundled_whole_and_nothing_else_is_taken(tmp_path):
     assert sorted(p.name for p in staging.rglob("*")) == sorted(
         ["experiment_state-" + NEW + ".json", "search_gen_state-" + NEW + ".json",
          "searcher-state-" + NEW + ".pkl", "callback-states-x.pkl", "harness", BUNDLE])
-    assert not list((tmp_path / "exp").glob(".tune_state-*"))
+    assert not list((tmp_path / "exp").glob(".tune_state.pkl.*"))
 
 
 def test_a_resume_puts_the_last_whole_save_back_in_place_of_the_newest(tmp_path, capsys):

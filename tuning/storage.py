@@ -74,20 +74,28 @@ class Storage:
         return [i for i in infos if i.base_name.startswith(STATE_GLOB) and i.base_name.endswith(".json")]
 
     def read_json(self, *parts: str):
-        with self.fs.open_input_stream(self.path(*parts)) as f:
-            return json.loads(f.read())
+        return json.loads(read_bytes(self.fs, self.path(*parts)))
 
     def write_json(self, doc, *parts: str) -> None:
-        """Written whole or not at all (a local file is renamed into place; an object store's
-        upload is atomic)."""
-        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        if self.is_local:
-            from plumbing.files import write_bytes
+        write_whole(self.fs, self.path(*parts),
+                    (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
-            write_bytes(self.path(*parts), data)
-            return
-        with self.fs.open_output_stream(self.path(*parts)) as f:
-            f.write(data)
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Written whole or not at all: a local file is renamed into place (its folders made); an
+    object store's upload is atomic."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        from plumbing.files import write_bytes
+
+        write_bytes(path, data)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def open_storage(text: str | None, default: Path, flag: str = "--storage") -> Storage:

@@ -29,19 +29,19 @@ tuner.pkl is kept whole the same way by tuner_state.py.
 """
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob
 import json
 import os
 import pickle
 import sys
-import tempfile
 
 import pyarrow.fs as pafs
 
 from plumbing.errors import DataError
+from plumbing.files import atomic_path
 from tuning.options import HARNESS_DIR
+from tuning.storage import read_bytes, write_whole
 
 BUNDLE = "tune_state.pkl"
 
@@ -57,32 +57,28 @@ def state_files() -> tuple[str, ...]:
 def bundle(staging: str, session: str) -> None:
     """Bundle the state files this save just wrote into `staging` as staging/harness/BUNDLE,
     replaced whole (the temporary outside the folder the upload copies)."""
-    files = {}
-    for template in state_files():
-        path = os.path.join(staging, template.format(session))
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                files[template] = f.read()
+    files = {t: data for t in state_files()
+             if (data := _file_bytes(os.path.join(staging, t.format(session)))) is not None}
     if state_files()[0] not in files:
         return  # (no experiment state: nothing a resume could start from)
     results = {}  # (a trial that ended in an earlier session has no files here: a resume of
     for folder in _ended(files[state_files()[0]]):  # that session put them back already)
         for name in result_files():
-            path = os.path.join(staging, folder, name)
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    results[f"{folder}/{name}"] = f.read()
-    target = os.path.join(staging, HARNESS_DIR, BUNDLE)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(staging), prefix=".tune_state-")
+            data = _file_bytes(os.path.join(staging, folder, name))
+            if data is not None:
+                results[f"{folder}/{name}"] = data
+    with atomic_path(os.path.join(staging, HARNESS_DIR, BUNDLE),
+                     tmp_dir=os.path.dirname(staging)) as temporary:
+        temporary.write_bytes(pickle.dumps({"session": session, "files": files,
+                                            "results": results}))
+
+
+def _file_bytes(path: str) -> bytes | None:
     try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump({"session": session, "files": files, "results": results}, f)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def result_files() -> tuple[str, ...]:
@@ -140,9 +136,9 @@ def put_back(fs: pafs.FileSystem, experiment: str, text: str) -> dict | None:
         target = max([*fnmatch.filter(names, template.format("*")),
                       template.format(saved["session"])])
         path = f"{experiment}/{target}"
-        if target in names and _read(fs, path) == data:
+        if target in names and read_bytes(fs, path) == data:
             continue
-        _write_whole(fs, path, data)
+        write_whole(fs, path, data)
         changed = True
     if changed:
         print(f"{text}: resuming from the last save uploaded whole ({HARNESS_DIR}/{BUNDLE}): "
@@ -168,8 +164,7 @@ def _put_back_results(fs: pafs.FileSystem, experiment: str, results: dict) -> li
     cut = [rel for rel, info in zip(results, infos)
            if info.type != pafs.FileType.File or info.size != len(results[rel])]
     for rel in cut:
-        fs.create_dir(os.path.dirname(f"{experiment}/{rel}"), recursive=True)
-        _write_whole(fs, f"{experiment}/{rel}", results[rel])
+        write_whole(fs, f"{experiment}/{rel}", results[rel])
     return cut
 
 
@@ -198,21 +193,5 @@ def saved_trials(fs: pafs.FileSystem, experiment: str) -> list[dict]:
         states = [i.path for i in infos if fnmatch.fnmatch(i.base_name, pattern)]
         if not states:
             return []
-        data = _read(fs, max(states))  # (named by the time it was saved)
+        data = read_bytes(fs, max(states))  # (named by the time it was saved)
     return _trials(data)
-
-
-def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
-def _write_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """A local file renamed into place (plumbing.files); an object store's upload is whole."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        from plumbing.files import write_bytes
-
-        write_bytes(path, data)
-        return
-    with fs.open_output_stream(path) as f:
-        f.write(data)

@@ -11,6 +11,7 @@ import sys
 import pyarrow.fs as pafs
 
 from tuning.options import HARNESS_DIR
+from tuning.storage import read_bytes
 
 TUNER_STATE, KEPT_STATE = "tuner.pkl", "tuner.pkl.kept"
 
@@ -43,8 +44,7 @@ def whole_pickle(fs: pafs.FileSystem, path: str) -> bool:
     after it (a check of its structure, not of its last byte, which a cut can end on too).
     Nothing in it is built: unpickling tuner.pkl would connect to a stored study's database."""
     try:
-        with fs.open_input_stream(path) as f:
-            data = f.read()
+        data = read_bytes(fs, path)
         end = max(pos for _, _, pos in pickletools.genops(data))  # (raises on a cut)
         return bool(data) and data[end:end + 1] == b"." and end + 1 == len(data)
     except Exception:  # noqa: BLE001 - missing, cut, or unreadable: not whole
