@@ -67,15 +67,19 @@ def read_live_csv(path: Path) -> pd.DataFrame:
 def study_by_trial(storage: str, name: str, warm: bool = False) -> dict:
     """A stored Optuna study's trials by their Tune trial id (user attribute trial_id): this
     search's own, and with `warm` those it learnt from another experiment (attribute
-    warm_start). A trial with no trial id (enqueued, never asked for) fails here."""
+    warm_start). A trial with no trial id fails here (enqueued and never asked for, or asked
+    for and left running), unless FAIL: a kill -9 between a trial's ask and the write that
+    names it leaves one, which settling fails (tuning/search/searcher.py)."""
     import optuna
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
-    assert all("trial_id" in t.user_attrs for t in study.trials), [
-        (t.number, t.state.name) for t in study.trials if "trial_id" not in t.user_attrs]
-    return {t.user_attrs["trial_id"]: t for t in study.trials
-            if warm or "warm_start" not in t.user_attrs}
+    unnamed = [t for t in study.trials if "trial_id" not in t.user_attrs]
+    assert all(t.state == TrialState.FAIL for t in unnamed), [
+        (t.number, t.state.name) for t in unnamed]
+    return {t.user_attrs["trial_id"]: t for t in study.trials if "trial_id" in t.user_attrs
+            and (warm or "warm_start" not in t.user_attrs)}
 
 
 def assert_study_matches_trials_csv(study: dict, table: pd.DataFrame) -> None:

@@ -184,28 +184,58 @@ def test_a_trial_worker_prints_no_traceback_for_rays_sigterm_exit_in_a_finalizer
     assert ("Exception ignored in" in done.stderr) == printed, done.stderr
 
 
-def test_settling_a_study_fails_a_trial_a_kill_cut_between_ask_and_its_trial_id(tmp_path):
-    """OptunaSearch asks the study for a trial, then the searcher names it with Tune's trial
-    id: a kill -9 between the two left a RUNNING trial with no id that no search would end
-    (CI saw it). Settling fails such a trial once it is older than a suggestion takes; one
-    just asked for (another search of the same study, a moment before it names it) stays."""
+def test_settling_a_study_fails_a_trial_a_kill_cut_between_ask_and_its_trial_id(tmp_path,
+                                                                                monkeypatch):
+    """A trial is asked for, then named with Tune's trial id: a kill -9 between the two left a
+    RUNNING trial with no id that no search would end (CI saw it). Settling fails such a trial
+    once NAMING_S have passed since its ask, waiting for one asked more recently: one that is
+    named meanwhile (another search of the same study) stays; one that is not is failed."""
     import datetime
+    import threading
 
     import pandas as pd
 
-    from tuning.search.searcher import STALE_ASK_S, settle_study
+    from tuning.search import searcher
 
+    monkeypatch.setattr(searcher, "NAMING_S", 3)
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="exp", storage=db)
     now = datetime.datetime.now()
-    old, new = (optuna.trial.create_trial(state=TrialState.RUNNING, params={},
-                                          distributions={}) for _ in range(2))
-    old.datetime_start = now - datetime.timedelta(seconds=STALE_ASK_S + 5)
-    new.datetime_start = now
-    study.add_trial(old)
-    study.add_trial(new)
+    for started in (now - datetime.timedelta(seconds=60), now, now):
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, params={}, distributions={})
+        trial.datetime_start = started
+        study.add_trial(trial)
+    namer = threading.Timer(1.0, lambda: study._storage.set_trial_user_attr(
+        study.trials[2]._trial_id, searcher.TRIAL_ID_ATTR, "theirs"))
+    namer.start()
     trials = pd.DataFrame({"trial_id": ["t1"], "status": ["completed"]})
-    told = settle_study(db, "exp", trials, search_id="s1")
-    assert told["unknown"] == 1
+    told = searcher.settle_study(db, "exp", trials, search_id="s1")
+    namer.join()
+    assert told["unknown"] == 2
     assert [t.state for t in optuna.load_study(study_name="exp", storage=db).trials] == [
-        TrialState.FAIL, TrialState.RUNNING]
+        TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_suggested_trial_is_named_before_its_space_is_sampled(tmp_path):
+    """The trial id is written before the sampler runs, so a kill -9 while sampling leaves a
+    named trial (settle_study ends it by name) rather than an anonymous one."""
+    from ray import tune
+
+    from tuning.search.searcher import SEARCH_ID_ATTR, TRIAL_ID_ATTR, EpochOptunaSearch
+    from tuning.space import ConditionalSpace
+
+    seen = {}
+
+    class Spy(ConditionalSpace):
+        def __call__(self, trial):
+            seen.update(study.trials[-1].user_attrs)  # (what the storage holds at sampling)
+            return super().__call__(trial)
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = EpochOptunaSearch(space=Spy({"lr": tune.loguniform(1e-4, 1e-2)}), metric="val_f1",
+                               mode="max", max_epochs=2, search_id="s1", storage=
+                               optuna.storages.RDBStorage(db), study_name="exp")
+    search.set_search_properties("val_f1", "max", {})
+    study = optuna.load_study(study_name="exp", storage=db)
+    assert "lr" in search.suggest("t1")
+    assert seen == {TRIAL_ID_ATTR: "t1", SEARCH_ID_ATTR: "s1"}

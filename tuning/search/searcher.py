@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 TRIAL_ID_ATTR = "trial_id"
 SEARCH_ID_ATTR = "search_id"
 WARM_ATTR = "warm_start"  # on a trial learnt from another experiment: that experiment
-STALE_ASK_S = 60  # a trial asked for and still unnamed this long after: its suggestion was cut
+NAMING_S = 10  # a trial asked for and still unnamed this long after: its suggestion was cut
 SET_UP_ATTR = "set_up"  # on the study, per search id: its points and warm trials are in it
 STATES = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
           "diverged": TrialState.COMPLETE, "asha_stopped": TrialState.PRUNED,
@@ -122,11 +122,16 @@ class EpochOptunaSearch(OptunaSearch):
                 user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
     def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
-        if getattr(self, "search_id", None):  # (a searcher pickled before search ids: none)
-            self._ot_trials[trial_id].set_user_attr(SEARCH_ID_ATTR, self.search_id)
-        return params
+        if self._space and trial_id not in self._ot_trials:
+            # asked for and named at once, then sampled (OptunaSearch.suggest samples the trial
+            # it finds here): a kill -9 while sampling (TPE over a large study takes seconds)
+            # leaves a named trial, which the next settle_study ends; unnamed, only for a write
+            asked = self._ot_study.ask(None if callable(self._space) else self._space)
+            asked.set_user_attr(TRIAL_ID_ATTR, trial_id)
+            if getattr(self, "search_id", None):  # (a searcher pickled before search ids: none)
+                asked.set_user_attr(SEARCH_ID_ATTR, self.search_id)
+            self._ot_trials[trial_id] = asked
+        return super().suggest(trial_id)
 
     def _report(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(METRIC), result.get("epoch")
@@ -193,8 +198,9 @@ def settle_study(storage_url: str, study_name: str, trials,
       a trial the experiment does not know (started after the state a kill -9 resume began
       from; the searcher suggested another in its place): FAIL, as Optuna's own heartbeat
       marks a lost worker's trial, so the study keeps no trial RUNNING forever; so too a
-      trial with no trial id, asked for over STALE_ASK_S ago (a kill -9 between OptunaSearch's
-      `ask` and the id it is named by; a namesake search names its own within milliseconds).
+      trial with no trial id still unnamed NAMING_S after it was asked for (a kill -9 between
+      `ask` and the write that names it; a namesake search names its own in that one write):
+      one asked for more recently is waited for, then read again.
     Trials still unfinished (an interrupted search) stay RUNNING: a resume goes on with them.
     Returns how many of each were told."""
     import optuna
@@ -203,14 +209,10 @@ def settle_study(storage_url: str, study_name: str, trials,
     known = set(trials["trial_id"])
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     told = {"budget_stopped": 0, "unknown": 0}
-    asked_before = datetime.datetime.now() - datetime.timedelta(seconds=STALE_ASK_S)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
         if trial_id is None:  # asked for, never named: a kill -9 cut its suggestion
-            if t.datetime_start and t.datetime_start < asked_before:  # (the study's clock)
-                with contextlib.suppress(ValueError, UpdateFinishedTrialError):  # (ended since)
-                    study.tell(t.number, state=TrialState.FAIL)
-                    told["unknown"] += 1
+            told["unknown"] += _fail_if_never_named(study, t)
             continue
         if search_id and t.user_attrs.get(SEARCH_ID_ATTR) != search_id:
             continue  # another search's of the same name in the same database
@@ -221,3 +223,22 @@ def settle_study(storage_url: str, study_name: str, trials,
             study.tell(t.number, state=TrialState.FAIL)
             told["unknown"] += 1
     return told
+
+
+def _fail_if_never_named(study, trial) -> int:
+    """FAIL a RUNNING trial with no trial id once NAMING_S have passed since it was asked for
+    (by the study's clock: RDB and journal storages stamp naive local time) and it is still
+    unnamed and unfinished; 1 if it was failed."""
+    import time
+
+    asked = trial.datetime_start or datetime.datetime.now()
+    wait = (asked + datetime.timedelta(seconds=NAMING_S) - datetime.datetime.now()).total_seconds()
+    time.sleep(max(wait, 0))
+    # read again: named or ended since (this wait, or another trial's before it)?
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    if trial.state != TrialState.RUNNING or TRIAL_ID_ATTR in trial.user_attrs:
+        return 0
+    with contextlib.suppress(ValueError, UpdateFinishedTrialError):  # (ended since)
+        study.tell(trial.number, state=TrialState.FAIL)
+        return 1
+    return 0
