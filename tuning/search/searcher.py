@@ -122,10 +122,11 @@ class EpochOptunaSearch(OptunaSearch):
                 user_attrs={TRIAL_ID_ATTR: w["trial_id"], WARM_ATTR: w["source"]}))
 
     def suggest(self, trial_id: str):
-        if self._space and trial_id not in self._ot_trials:
+        if self._space and self._metric and self._mode and trial_id not in self._ot_trials:
             # asked for and named at once, then sampled (OptunaSearch.suggest samples the trial
             # it finds here): a kill -9 while sampling (TPE over a large study takes seconds)
-            # leaves a named trial, which the next settle_study ends; unnamed, only for a write
+            # leaves a named trial, which the next settle_study ends; unnamed, only for a write.
+            # (A dict space, not the harness's, is sampled inside `ask`, before the name.)
             asked = self._ot_study.ask(None if callable(self._space) else self._space)
             asked.set_user_attr(TRIAL_ID_ATTR, trial_id)
             if getattr(self, "search_id", None):  # (a searcher pickled before search ids: none)
