@@ -210,11 +210,11 @@ def settle_study(storage_url: str, study_name: str, trials,
     known = set(trials["trial_id"])
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     told = {"budget_stopped": 0, "unknown": 0}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = t.user_attrs.get(TRIAL_ID_ATTR)
-        if trial_id is None:  # asked for, never named: a kill -9 cut its suggestion
-            told["unknown"] += _fail_if_never_named(study, t)
-            continue
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    told["unknown"] += _fail_the_never_named(
+        study, [t for t in running if TRIAL_ID_ATTR not in t.user_attrs])
+    for t in (t for t in running if TRIAL_ID_ATTR in t.user_attrs):
+        trial_id = t.user_attrs[TRIAL_ID_ATTR]
         if search_id and t.user_attrs.get(SEARCH_ID_ATTR) != search_id:
             continue  # another search's of the same name in the same database
         if trial_id in stopped:
@@ -226,20 +226,22 @@ def settle_study(storage_url: str, study_name: str, trials,
     return told
 
 
-def _fail_if_never_named(study, trial) -> int:
-    """FAIL a RUNNING trial with no trial id once NAMING_S have passed since it was asked for
-    (by the study's clock: RDB and journal storages stamp naive local time) and it is still
-    unnamed and unfinished; 1 if it was failed."""
+def _fail_the_never_named(study, unnamed: list) -> int:
+    """FAIL the RUNNING trials with no trial id (asked for, never named: a kill -9 cut their
+    suggestion) that are still unnamed and unfinished NAMING_S after the youngest was asked for
+    (by the study's clock: RDB and journal storages stamp naive local time), read once again
+    after that wait; returns how many were failed."""
     import time
 
-    asked = trial.datetime_start or datetime.datetime.now()
-    wait = (asked + datetime.timedelta(seconds=NAMING_S) - datetime.datetime.now()).total_seconds()
-    time.sleep(max(wait, 0))
-    # read again: named or ended since (this wait, or another trial's before it)?
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-    if trial.state != TrialState.RUNNING or TRIAL_ID_ATTR in trial.user_attrs:
+    if not unnamed:
         return 0
-    with contextlib.suppress(ValueError, UpdateFinishedTrialError):  # (ended since)
-        study.tell(trial.number, state=TrialState.FAIL)
-        return 1
-    return 0
+    now = datetime.datetime.now()
+    youngest = max(t.datetime_start or now for t in unnamed)
+    time.sleep(max((youngest + datetime.timedelta(seconds=NAMING_S) - now).total_seconds(), 0))
+    numbers, failed = {t.number for t in unnamed}, 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # (named since?)
+        if t.number in numbers and TRIAL_ID_ATTR not in t.user_attrs:
+            with contextlib.suppress(ValueError, UpdateFinishedTrialError):  # (ended since)
+                study.tell(t.number, state=TrialState.FAIL)
+                failed += 1
+    return failed
