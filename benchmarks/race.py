@@ -3,6 +3,7 @@
     python benchmarks/race.py [--budget-s 1190] [--search-seeds 0 1 2] [--subset N]
                               [--variants old-default asha-g1 ...] [--old-code DIR]
     python benchmarks/race.py --variants fp32 bf16 --samples 50   # issue #29: precisions
+    python benchmarks/race.py --variants default optuna --samples 50   # #29: Ray against a plain study
 
 Every variant gets the same wall budget (`--time-budget-s`, and the peer stops at it too), one
 after another on this machine, in an order rotated from one search seed to the next:
@@ -13,7 +14,10 @@ after another on this machine, in an order rotated from one search seed to the n
   random-asha  random search + ASHA grace 1 (does TPE earn its place?)
   optuna       the peer a user would write instead of Ray: a plain Optuna study (TPE +
                HyperbandPruner, 2 worker processes sharing a journal file) over the same space,
-               the same known-good points first, the same training loop and trial seeds
+               the same known-good points first, the same training loop and trial seeds, in
+               the precision `auto` picks on this CPU (the default search's)
+  default      the default search as a user runs it (its precision `auto`'s pick)
+With --samples N every search runs N trials and no budget (the peer: N/2 in each process).
 Each search's *pick* (its best_config.json; the study's best complete trial) is scored by
 retraining it with 3 fresh seeds (seeds no search uses) for the full epochs: the mean ± std of
 their best val macro-F1, and, read only for the report, their mean test accuracy / macro-F1 at
@@ -45,6 +49,7 @@ VARIANTS = {  # name -> flags for tuning.search (None: not a tuning.search run)
     "fifo": ["--grace-period", "{max_epochs}"],
     "random-asha": ["--grace-period", "1", "--sampler", "random"],
     "optuna": None,
+    "default": [],
     # issue #29: the default search in each precision (with --samples 50: the whole search, no
     # budget); bf16 where the CPU has it natively (tuning.search refuses it elsewhere)
     "fp32": ["--grace-period", "1", "--precision", "fp32"],
@@ -94,8 +99,10 @@ def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
 # ---- the plain Optuna peer --------------------------------------------------------------------
 
 def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: float,
-                 max_epochs: int, subset: int | None) -> None:
-    """One of the peer's processes: trials of the shared study until the deadline."""
+                 max_epochs: int, subset: int | None, precision: str,
+                 n_trials: int | None) -> None:
+    """One of the peer's processes: trials of the shared study until the deadline, or
+    `n_trials` of them."""
     import optuna
 
     from model.config import SEARCH_SEED_KEY, from_trial_params
@@ -115,7 +122,8 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
     def objective(trial: optuna.Trial) -> float:
         fixed = sample(trial)
         config = from_trial_params({**fixed, **trial.params, SEARCH_SEED_KEY: seed,
-                                    "epochs": max_epochs, "threads": 1})
+                                    "epochs": max_epochs, "threads": 1,
+                                    "precision": precision})
         best = None
         for epoch in train_epochs(config, common.SPLITS):
             if time.time() > deadline:  # the budget ends the trial, as Tune's does
@@ -128,7 +136,10 @@ def _peer_worker(journal: str, name: str, seed: int, worker: int, deadline: floa
                 raise optuna.TrialPruned()
         return best
 
-    study.optimize(objective, timeout=max(deadline - time.time(), 0))
+    if n_trials:
+        study.optimize(objective, n_trials=n_trials)
+    else:
+        study.optimize(objective, timeout=max(deadline - time.time(), 0))
 
 
 def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
@@ -143,11 +154,16 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
     space = space_mod.load_space(None)
     for point in points_mod.known_good_points(space):
         study.enqueue_trial({k: v for k, v in point.items() if k in space_mod.to_optuna(space)})
+    from model.precision import resolve
+
+    precision = resolve("auto").precision  # what the default search trains in here
     start = time.time()
-    deadline = start + args.budget_s
+    deadline = start + (float("inf") if args.samples else args.budget_s)
+    per_worker = [args.samples // 2 + (w < args.samples % 2) for w in range(2)] \
+        if args.samples else [None, None]
     with ProcessPoolExecutor(2) as pool:
         jobs = [pool.submit(_peer_worker, journal, name, seed, w, deadline, args.max_epochs,
-                            args.subset) for w in range(2)]
+                            args.subset, precision, per_worker[w]) for w in range(2)]
         for job in jobs:
             job.result()
     wall = time.time() - start
@@ -163,7 +179,8 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
     return {"wall_s": round(wall, 1), "trials": len(study.trials),
             "epochs": sum(len(t.intermediate_values) for t in study.trials),
             "search_best_val_f1": max(v for _, v in trace),
-            "pick": {**fixed, **best.params, "epochs": args.max_epochs, "threads": 1},
+            "pick": {**fixed, **best.params, "epochs": args.max_epochs, "threads": 1,
+                     "precision": precision},
             "pick_val_f1": float(best.value), "trace": sorted(trace)}
 
 
@@ -239,7 +256,7 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=RACE)
     ap.add_argument("--samples", type=int, default=None,
                     help="run this many trials each, with no wall budget (e.g. 50 with "
-                         "--variants fp32 bf16: issue #29's comparison); not for optuna")
+                         "--variants fp32 bf16, or default optuna: issue #29's comparisons)")
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--subset", type=int, default=None,
                     help="train on the first N train rows (all searches and the scoring)")
@@ -249,8 +266,6 @@ def main() -> int:
     args = ap.parse_args()
     if "old-default" in args.variants and args.old_code is None:
         ap.error("old-default needs --old-code DIR")
-    if args.samples and "optuna" in args.variants:
-        ap.error("--samples: the optuna peer runs to the wall budget only")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = paths().artifacts / "race" / stamp
     folder.mkdir(parents=True, exist_ok=True)
