@@ -7,7 +7,7 @@ SAMPLES ?= 50
 SEARCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all install data search evaluate test test-fast lint bench bench-search bench-race bench-families clean \
+.PHONY: all install data search evaluate test test-fast lint bench bench-search bench-race bench-peer bench-floor bench-families clean \
         cluster-up cluster-join submit job-logs cluster-down
 
 all: data search evaluate  # in this order (no -j)
@@ -46,6 +46,15 @@ bench: data  # one epoch's throughput (about a minute)
 bench-race: data
 	git worktree add -f /tmp/emotion-old d161dce 2>/dev/null || true
 	$(PY) benchmarks/race.py --budget-s 240 --subset 4000 --old-code /tmp/emotion-old
+
+# issue #29: the default search against the plain Optuna study a user would write, 50 trials
+# each, 3 search seeds (about 40 min on 2 cores with bf16), then one search against its epoch
+# floor: EXP=race-<stamp>-default-s0 (benchmarks/epoch_floor.py)
+bench-peer: data
+	$(PY) benchmarks/race.py --variants default optuna --samples 50 --search-seeds 0 1 2
+
+bench-floor:
+	$(PY) benchmarks/epoch_floor.py --experiment $(EXP)
 
 # the model families at the default search's wall budget, 2 seeds (benchmarks/families.py;
 # about an hour on 2 cores)
