@@ -3,7 +3,8 @@
     python benchmarks/race.py [--budget-s 1190] [--search-seeds 0 1 2] [--subset N]
                               [--variants old-default asha-g1 ...] [--old-code DIR]
     python benchmarks/race.py --variants fp32 bf16 --samples 50   # issue #29: precisions
-    python benchmarks/race.py --variants default optuna --samples 50   # #29: Ray against a plain study
+    python benchmarks/race.py --variants default optuna --samples 50 [--precision bf16]
+                                                        # #29: Ray against a plain study
 
 Every variant gets the same wall budget (`--time-budget-s`, and the peer stops at it too), one
 after another on this machine, in an order rotated from one search seed to the next:
@@ -15,8 +16,8 @@ after another on this machine, in an order rotated from one search seed to the n
   optuna       the peer a user would write instead of Ray: a plain Optuna study (TPE +
                HyperbandPruner, 2 worker processes sharing a journal file) over the same space,
                the same known-good points first, the same training loop and trial seeds, in
-               the precision `auto` picks on this CPU (the default search's)
-  default      the default search as a user runs it (its precision `auto`'s pick)
+               the default search's precision (fp32, or --precision's)
+  default      the default search as a user runs it (with --precision if given)
 With --samples N every search runs N trials and no budget (the peer: N/2 in each process).
 Each search's *pick* (its best_config.json; the study's best complete trial) is scored by
 retraining it with 3 fresh seeds (seeds no search uses) for the full epochs: the mean ± std of
@@ -63,6 +64,8 @@ DISTILBERT = {"accuracy": 0.927, "f1_macro": 0.8825}
 def run_ray_search(variant: str, name: str, seed: int, args) -> dict:
     """One tuning.search run of `variant` under the budget; returns its trace and pick."""
     flags = [f.format(max_epochs=args.max_epochs) for f in VARIANTS[variant]]
+    if variant == "default" and args.precision:
+        flags += ["--precision", args.precision]
     cmd = [sys.executable, "-m", "tuning.search", "--name", name,
            "--no-dashboard", "--seed", str(seed), "--max-epochs", str(args.max_epochs),
            "--intensify-top", "0", *flags]
@@ -156,7 +159,7 @@ def run_optuna_peer(name: str, seed: int, args, folder: Path) -> dict:
         study.enqueue_trial({k: v for k, v in point.items() if k in space_mod.to_optuna(space)})
     from model.precision import resolve
 
-    precision = resolve("auto").precision  # what the default search trains in here
+    precision = resolve(args.precision or "fp32").precision  # what the default search trains in
     start = time.time()
     deadline = start + (float("inf") if args.samples else args.budget_s)
     per_worker = [args.samples // 2 + (w < args.samples % 2) for w in range(2)] \
@@ -258,6 +261,9 @@ def main() -> int:
                     help="run this many trials each, with no wall budget (e.g. 50 with "
                          "--variants fp32 bf16, or default optuna: issue #29's comparisons)")
     ap.add_argument("--max-epochs", type=int, default=6)
+    ap.add_argument("--precision", default=None,
+                    help="for the default variant and the optuna peer (default: the default "
+                         "search's, fp32)")
     ap.add_argument("--subset", type=int, default=None,
                     help="train on the first N train rows (all searches and the scoring)")
     ap.add_argument("--old-code", type=Path,
