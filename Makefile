@@ -48,10 +48,12 @@ bench-race: data
 	$(PY) benchmarks/race.py --budget-s 240 --subset 4000 --old-code /tmp/emotion-old
 
 # issue #29: the default search against the plain Optuna study a user would write, 50 trials
-# each, 3 search seeds (about 40 min on 2 cores with bf16), then one search against its epoch
-# floor: EXP=race-<stamp>-default-s0 (benchmarks/epoch_floor.py)
+# each, 3 search seeds, both in PRECISION (docs/measured.md's run: PRECISION=bf16, 31 min on 2
+# cores), then one search against its epoch floor: EXP=race-<stamp>-default-s0
+PRECISION ?= fp32
 bench-peer: data
-	$(PY) benchmarks/race.py --variants default optuna --samples 50 --search-seeds 0 1 2
+	$(PY) benchmarks/race.py --variants default optuna --samples 50 --search-seeds 0 1 2 \
+	    --precision $(PRECISION)
 
 bench-floor:
 	$(PY) benchmarks/epoch_floor.py --experiment $(EXP)
