@@ -54,6 +54,17 @@ def run_search(name: str, samples: int, flags: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def run_evaluate(experiment_dir) -> float:
+    """`python -m tuning.evaluate_best --experiment DIR`, timed end to end (it rewrites
+    artifacts/best/); a failed evaluation ends the benchmark with its last lines of stderr."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tuning.evaluate_best", "--experiment",
+                           str(experiment_dir)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    return time.perf_counter() - start
+
+
 def finish(summary: str, result: dict) -> int:
     print(summary, file=sys.stderr)
     print(json.dumps(result))

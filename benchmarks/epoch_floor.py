@@ -15,11 +15,9 @@ Goal (#29): ratio <= 1.05.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 
-from common import cpu_model, finish, trials_in_start_order  # benchmarks/common.py
+from common import cpu_model, finish, run_evaluate, trials_in_start_order  # benchmarks/common.py
 
 from plumbing.paths import paths
 
@@ -41,14 +39,7 @@ def main() -> int:
     last = max(float(prog["timestamp"].max()) for prog in progress)
     search_wall = args.wall_s or last - first
     floor = epoch_s / options.concurrency
-    start = time.perf_counter()
-    evaluate = subprocess.run([sys.executable, "-m", "tuning.evaluate_best", "--experiment",
-                               str(p.ray_results / args.experiment)], capture_output=True,
-                              text=True, check=False)
-    evaluate_s = time.perf_counter() - start
-    if evaluate.returncode != 0:
-        print(evaluate.stderr[-3000:], file=sys.stderr)
-        return evaluate.returncode
+    evaluate_s = run_evaluate(p.ray_results / args.experiment)
     result = {"experiment": args.experiment, "trials": len(progress),
               "epochs": sum(len(prog) for prog in progress), "workers": options.concurrency,
               "epoch_worker_s": round(epoch_s, 1), "floor_s": round(floor, 1),

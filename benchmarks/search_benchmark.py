@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 
 import pandas as pd
-from common import cpu_model, finish, run_search  # benchmarks/common.py (scripts run from here)
+from common import (  # benchmarks/common.py (scripts run from here)
+    cpu_model,
+    finish,
+    run_evaluate,
+    run_search,
+)
 
 from plumbing.paths import paths
 
@@ -54,14 +58,7 @@ def main() -> int:
         wall = run_search(name, args.samples, args.extra)
     finally:
         stop.set()
-    start = time.perf_counter()
-    evaluate = subprocess.run([sys.executable, "-m", "tuning.evaluate_best", "--experiment",
-                               str(p.ray_results / name)], capture_output=True, text=True,
-                              check=False)
-    evaluate_s = time.perf_counter() - start
-    if evaluate.returncode != 0:
-        print(evaluate.stderr[-3000:], file=sys.stderr)
-        return evaluate.returncode
+    evaluate_s = run_evaluate(p.ray_results / name)
     metrics = json.loads((p.best / "metrics.json").read_text())
     trials = pd.read_csv(p.search_reports / name / "trials.csv", dtype={"trial_id": str})
     result = {
